@@ -1,0 +1,2 @@
+from effdet.config.schema import Config, register_schema
+from effdet.config.validate import validate

@@ -1,0 +1,91 @@
+"""The typed schema of a job's config. Hydra checks types on every merge; `validate` checks ranges.
+
+Group files (conf/model/*.yaml, ...) fill these nodes; a key they add that is not here is an error.
+Ranges are in each field's metadata ({"min": ...} / {"max": ...}); a name field says which registry
+knows its valid values ({"registry": "module:NAME"}, imported only when validating).
+"""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+def positive(default, **metadata):
+    return field(default=default, metadata={"min": 1, **metadata})
+
+
+def non_negative(default, **metadata):
+    return field(default=default, metadata={"min": 0, **metadata})
+
+
+def registered(default, registry: str):
+    return field(default=default, metadata={"registry": registry})
+
+
+def fraction(default):
+    return field(default=default, metadata={"min": 0.0, "max": 1.0})
+
+
+@dataclass
+class BatchNormConfig:
+    kind: str = registered("batch_norm", "effdet.model:NORMALIZATIONS")  # batch_norm | sync_batch_norm (moments over all Horovod workers)
+    momentum: float = fraction(0.99)
+    epsilon: float = field(default=1e-3, metadata={"min": 0.0})
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    backbone: str = registered(MISSING, "effdet.model:BACKBONES")
+    image_size: int = positive(512)
+    min_level: int = field(default=3, metadata={"min": 1, "max": 5})
+    max_level: int = field(default=7, metadata={"min": 5, "max": 10})
+    fpn_num_filters: int = positive(64)
+    fpn_cell_repeats: int = positive(3)
+    box_class_repeats: int = positive(3)
+    fpn_weight_method: str = registered("fastattn", "effdet.model:FUSIONS")
+    anchor_scale: float = field(default=4.0, metadata={"min": 0.0})
+    num_scales: int = positive(3)
+    aspect_ratios: List[float] = field(default_factory=lambda: [1.0, 2.0, 0.5])
+    act_type: str = registered("swish", "effdet.model:ACTIVATIONS")
+    mean_rgb: List[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
+    stddev_rgb: List[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    batch_norm: BatchNormConfig = field(default_factory=BatchNormConfig)
+    backbone_drop_connect_rate: float = fraction(0.2)
+    head_survival_prob: float = fraction(1.0)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    num_classes: int = positive(MISSING)
+
+
+@dataclass
+class HardwareConfig:
+    name: str = registered("cpu", "effdet.hardware:HARDWARE")
+    intra_op_threads: int = non_negative(0)  # 0: TensorFlow decides
+    inter_op_threads: int = non_negative(0)
+
+
+@dataclass
+class TrainerConfig:
+    batch_size: int = positive(8)  # per worker
+    seed: int = non_negative(0)
+    ckpt: Optional[str] = None  # an EfficientDet checkpoint to start from: automl's or ours
+    backbone_ckpt: Optional[str] = None  # an EfficientNet checkpoint for the backbone
+
+
+@dataclass
+class Config:
+    mode: str = registered("inspect", "effdet.modes:MODES")
+    model: ModelConfig = MISSING
+    data: DataConfig = MISSING
+    hardware: HardwareConfig = MISSING
+    trainer: TrainerConfig = MISSING
+
+
+def register_schema() -> None:
+    """Registers the schema with Hydra; conf/config.yaml lists it first in its defaults."""
+    ConfigStore.instance().store(name="effdet_schema", node=Config)

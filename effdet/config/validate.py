@@ -1,0 +1,45 @@
+"""Checks a composed config before any work, so that a bad value fails in a second with one message."""
+import dataclasses
+import importlib
+from typing import Any
+
+from omegaconf import DictConfig
+
+from effdet.config.schema import Config
+from effdet.errors import ConfigError
+
+
+def validate(cfg: DictConfig, schema: type = Config, path: str = "") -> None:
+    """Raises ConfigError naming the first key whose value is out of range or not a registered name."""
+    for spec in dataclasses.fields(schema):
+        key = f"{path}{spec.name}"
+        value = cfg.get(spec.name)
+        if dataclasses.is_dataclass(spec.type) and value is not None:
+            validate(value, spec.type, key + ".")
+            continue
+        _check_range(key, value, spec.metadata)
+        if "registry" in spec.metadata and value is not None:
+            _registry(spec.metadata["registry"]).get(value, where=key)
+
+
+def _registry(path: str):
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _check_range(key: str, value: Any, metadata) -> None:
+    low, high = metadata.get("min"), metadata.get("max")
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if low is not None and value < low:
+        raise ConfigError(f"{key}={value} is too small: {_valid(low, high)}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}={value} is too large: {_valid(low, high)}")
+
+
+def _valid(low, high) -> str:
+    if high is None:
+        return f"it must be ≥ {low}"
+    if low is None:
+        return f"it must be ≤ {high}"
+    return f"it must be between {low} and {high}"

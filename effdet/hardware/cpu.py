@@ -1,0 +1,36 @@
+from dataclasses import dataclass
+
+import tensorflow as tf
+
+from effdet.errors import ConfigError
+from effdet.hardware.registry import HARDWARE
+
+
+@dataclass
+class DeviceSetup:
+    device: str
+    intra_op_threads: int
+    inter_op_threads: int
+
+
+@HARDWARE.register("cpu")
+def setup_cpu(intra_op_threads: int = 0, inter_op_threads: int = 0) -> DeviceSetup:
+    """Runs on the CPU only: GPUs are hidden so that a CPU job never grabs a GPU's memory."""
+    if tf.config.list_physical_devices("GPU"):
+        tf.config.set_visible_devices([], "GPU")
+    _set_threads("intra_op_threads", intra_op_threads, tf.config.threading.get_intra_op_parallelism_threads,
+                 tf.config.threading.set_intra_op_parallelism_threads)
+    _set_threads("inter_op_threads", inter_op_threads, tf.config.threading.get_inter_op_parallelism_threads,
+                 tf.config.threading.set_inter_op_parallelism_threads)
+    return DeviceSetup("cpu", tf.config.threading.get_intra_op_parallelism_threads(),
+                       tf.config.threading.get_inter_op_parallelism_threads())
+
+
+def _set_threads(key, wanted, get, set_):
+    if wanted == get() or wanted == 0 and get() == 0:
+        return
+    try:
+        set_(wanted)
+    except RuntimeError:  # TensorFlow's runtime already started (a notebook, a test): it can't change now
+        raise ConfigError(f"hardware.{key}={wanted} cannot be applied: TensorFlow is already running with "
+                          f"{get() or 'its default number of'} threads; set it before any TensorFlow work") from None

@@ -1,0 +1,64 @@
+"""Small building blocks shared by the backbone, the BiFPN and the heads."""
+import tensorflow as tf
+
+from effdet.registry import Registry
+
+ACTIVATIONS = Registry("activation")
+NORMALIZATIONS = Registry("batch norm kind")
+
+ACTIVATIONS.register("swish")(tf.nn.silu)
+ACTIVATIONS.register("relu")(tf.nn.relu)
+ACTIVATIONS.register("relu6")(tf.nn.relu6)
+
+
+@NORMALIZATIONS.register("batch_norm")
+def keras_batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+    return tf.keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
+
+
+@NORMALIZATIONS.register("sync_batch_norm")
+def sync_batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+    """Batch norm whose moments are all-reduced over the Horovod workers (the global batch)."""
+    try:
+        import horovod.tensorflow as hvd
+    except ImportError as error:  # only reachable where Horovod is not installed
+        raise ImportError(
+            "model.batch_norm=sync_batch_norm needs Horovod (pip install horovod==0.28.1, see README); "
+            f"importing it failed: {error}"
+        ) from error
+    return hvd.SyncBatchNormalization(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
+
+
+class NormFactory:
+    """Makes batch-norm layers of one configured kind, momentum and epsilon by name."""
+
+    def __init__(self, kind: str = "batch_norm", momentum: float = 0.99, epsilon: float = 1e-3):
+        self._make = NORMALIZATIONS.get(kind, where="model.batch_norm")
+        self.momentum = momentum
+        self.epsilon = epsilon
+
+    def __call__(self, name: str) -> tf.keras.layers.Layer:
+        return self._make(name=name, momentum=self.momentum, epsilon=self.epsilon)
+
+
+def conv_kernel_initializer(shape, dtype=None, partition_info=None):
+    """He-normal on fan-out, as EfficientNet initialises its convolutions."""
+    del partition_info
+    kernel_height, kernel_width, _, out_filters = shape
+    fan_out = int(kernel_height * kernel_width * out_filters)
+    return tf.random.normal(shape, mean=0.0, stddev=(2.0 / fan_out) ** 0.5, dtype=dtype)
+
+
+class DropConnect(tf.keras.layers.Layer):
+    """Stochastic depth: drops a residual branch per example during training."""
+
+    def __init__(self, survival_prob: float, **kwargs):
+        super().__init__(**kwargs)
+        self.survival_prob = survival_prob
+
+    def call(self, inputs, training=None):
+        if not training or self.survival_prob >= 1.0:
+            return inputs
+        batch = tf.shape(inputs)[0]
+        keep = tf.floor(self.survival_prob + tf.random.uniform([batch, 1, 1, 1], dtype=inputs.dtype))
+        return inputs / self.survival_prob * keep

@@ -1,0 +1,3 @@
+from effdet.registry import Registry
+
+MODES = Registry("run mode")

@@ -1,0 +1,58 @@
+"""Every config-group option composes, is typed, and reaches the builder with the right values."""
+import os
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ValidationError
+
+from effdet.config import validate
+from effdet.errors import ConfigError
+from tests.conftest import CONF_DIR, compose, model_variants
+
+
+@pytest.mark.parametrize("variant", model_variants())
+def test_every_model_variant_composes_and_validates(variant):
+    cfg = compose([f"model={variant}"])
+    validate(cfg)
+    assert cfg.model.name == variant
+    assert cfg.model.backbone.startswith("efficientnet-")
+
+
+@pytest.mark.parametrize("group", ["data", "hardware", "trainer", "mode"])
+def test_every_option_of_every_group_composes(group):
+    for option in sorted(name[:-5] for name in os.listdir(os.path.join(CONF_DIR, group))):
+        validate(compose([f"{group}={option}"]))
+
+
+def test_num_classes_comes_from_the_data_config():
+    assert compose(["data=coco"]).data.num_classes == 90
+    assert compose(["data=shapes", "mode=inspect"]).data.num_classes == compose(["data=shapes"]).data.num_classes
+
+
+def test_inspect_uses_coco_classes_unless_data_is_given():
+    assert compose(["mode=inspect"]).data.name == "coco"
+    assert compose(["mode=inspect", "data=shapes"]).data.name == "shapes"
+
+
+def test_a_wrongly_typed_value_fails_at_composition():
+    with pytest.raises(ConfigCompositionException) as caught:
+        compose(["trainer.batch_size=abc"])
+    assert isinstance(caught.value.__cause__, ValidationError)
+
+
+def test_an_unknown_key_in_a_group_fails_at_composition():
+    with pytest.raises(ConfigCompositionException):
+        compose(["model.fpn_filterz=3"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("trainer.batch_size=0", "trainer.batch_size"),
+    ("model.batch_norm.momentum=1.5", "model.batch_norm.momentum"),
+    ("model.min_level=0", "model.min_level"),
+    ("model.backbone=efficientnet-b9", "model.backbone"),
+    ("model.act_type=gelu", "model.act_type"),
+    ("hardware.intra_op_threads=-1", "hardware.intra_op_threads"),
+])
+def test_validate_names_the_bad_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(compose([override]))

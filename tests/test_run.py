@@ -1,0 +1,61 @@
+"""run.py as a user runs it: one command, its printed output, its exit code and its run dir."""
+import json
+import os
+
+import pytest
+import yaml
+
+from tests.conftest import run_cli
+
+
+def test_inspect_d0_prints_the_exact_parameter_count_and_flops(tmp_path):
+    result = run_cli("mode=inspect", "model=efficientdet-d0", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    assert "3880067" in result.stdout
+    assert "2.54" in result.stdout or "2.55" in result.stdout
+    assert "49104" in result.stdout  # anchors
+    summary = json.loads((tmp_path / "inspect.json").read_text())
+    assert summary["trainable_params"] == 3880067
+    assert [level["height"] for level in summary["levels"]] == [64, 32, 16, 8, 4]
+    # the run keeps its exact config, from which it can be re-run
+    composed = yaml.safe_load((tmp_path / ".hydra" / "config.yaml").read_text())
+    assert composed["model"]["name"] == "efficientdet-d0" and composed["mode"] == "inspect"
+    rerun_dir = tmp_path / "rerun"
+    rerun = run_cli("--config-path", str(tmp_path / ".hydra"), "--config-name", "config",
+                    f"hydra.run.dir={rerun_dir}")
+    assert rerun.returncode == 0, rerun.stderr
+    assert json.loads((rerun_dir / "inspect.json").read_text())["trainable_params"] == 3880067
+
+
+def test_inspect_loads_a_checkpoint_given_as_trainer_ckpt(tmp_path):
+    first = run_cli("mode=inspect", "model=efficientdet-lite0", "data=shapes", f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr
+    from effdet.model.builder import build_model
+    from effdet.model.checkpoint import export_name_based
+    from tests.conftest import compose
+
+    cfg = compose(["model=efficientdet-lite0", "data=coco"])
+    export_name_based(build_model(cfg.model, 90), str(tmp_path / "ckpt" / "model.ckpt"))
+    result = run_cli("mode=inspect", "model=efficientdet-lite0", "data=shapes",
+                     f"trainer.ckpt={tmp_path / 'ckpt' / 'model.ckpt'}", f"hydra.run.dir={tmp_path / 'b'}")
+    assert result.returncode == 0, result.stderr
+    assert "0 missing, 0 unexpected, 0 shape-mismatched" in result.stdout
+    assert "class head not loaded" in result.stdout  # 90 classes → 6
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("model=efficientdet-d9", ["unknown model 'efficientdet-d9'", "efficientdet-d0", "efficientdet-lite4",
+                               "Did you mean"]),
+    ("data=cocoa", ["unknown data 'cocoa'", "coco", "Did you mean 'coco'?"]),
+    ("trainer.batch_size=0", ["trainer.batch_size=0", "must be ≥ 1"]),
+    ("trainer.batch_size=abc", ["trainer.batch_size", "'abc'", "Integer"]),
+    ("model.backbone=efficientnet-b9", ["model.backbone", "efficientnet-b7"]),
+    ("trainer.ckpt=/nonexistent/ckpt", ["no checkpoint at /nonexistent/ckpt"]),
+])
+def test_config_errors_are_one_clear_message_without_a_traceback(tmp_path, override, expected):
+    result = run_cli(override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert len(result.stderr.strip().splitlines()) <= 8, result.stderr
