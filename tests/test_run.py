@@ -1,6 +1,5 @@
 """run.py as a user runs it: one command, its printed output, its exit code and its run dir."""
 import json
-import os
 
 import pytest
 import yaml

@@ -57,6 +57,8 @@ def resolve_checkpoint(path: str) -> str:
     if os.path.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest is None:
+            if os.path.exists(os.path.join(path, "checkpoint")):
+                raise CheckpointError(f"the 'checkpoint' file in {path} names a checkpoint that is not there")
             raise CheckpointError(f"no checkpoint in directory {path} (no 'checkpoint' file naming one)")
         return latest
     if not os.path.exists(path + ".index"):
@@ -86,6 +88,7 @@ def _load_name_based(model, prefix, reader, shapes, backbone_only, prefer_ema) -
     report = LoadReport(prefix, "automl-backbone" if backbone_only else "automl")
     has_ema = any(name.endswith(EMA_SUFFIX) for name in shapes)
     report.used_ema = has_ema and prefer_ema
+    plan = []  # (variable, checkpoint key): nothing is assigned until the whole checkpoint has been checked
     for key, variable in sorted(variables.items()):
         source = key + EMA_SUFFIX if report.used_ema and key + EMA_SUFFIX in shapes else key
         if source not in shapes:
@@ -94,14 +97,11 @@ def _load_name_based(model, prefix, reader, shapes, backbone_only, prefer_ema) -
         expected, stored = tuple(variable.shape), tuple(shapes[source])
         if expected != stored:
             if key.startswith(CLASS_PREDICT) and expected[:-1] == stored[:-1]:
-                report.skipped_class_head = (
-                    f"class head not loaded: the checkpoint predicts {stored[-1]} outputs per position, the model "
-                    f"{expected[-1]} ({model.num_classes} classes x {model.num_anchors} anchors); it starts fresh "
-                    "(fine-tuning to another dataset)")
+                report.skipped_class_head = _class_head_message(stored[-1], model)
                 continue
             report.shape_mismatched.append((key, expected, stored))
             continue
-        variable.assign(reader.get_tensor(source))
+        plan.append((variable, source))
         report.loaded.append(key)
     for name in sorted(shapes):
         base = name[: -len(EMA_SUFFIX)] if name.endswith(EMA_SUFFIX) else name
@@ -109,10 +109,17 @@ def _load_name_based(model, prefix, reader, shapes, backbone_only, prefer_ema) -
             continue
         if backbone_only and (not base.startswith(backbone_scope) or base.startswith(backbone_scope + "head/")):
             continue  # the classifier head of an ImageNet backbone, unused by the detector
-        if not backbone_only or base.startswith(backbone_scope):
-            report.unexpected.append(name)
+        report.unexpected.append(name)
     _check(report)
+    for variable, source in plan:
+        variable.assign(reader.get_tensor(source))
     return report
+
+
+def _class_head_message(stored_outputs: int, model) -> str:
+    return (f"class head not loaded: the checkpoint predicts {stored_outputs} outputs per position, the model "
+            f"{model.num_classes * model.num_anchors} ({model.num_classes} classes x {model.num_anchors} anchors); "
+            "it starts fresh (fine-tuning to another dataset)")
 
 
 def _check(report: LoadReport) -> None:
@@ -135,29 +142,50 @@ def save_weights(model: tf.keras.Model, prefix: str) -> str:
     return model_checkpoint(model).write(prefix)
 
 
-def _object_keys(prefix: str) -> Dict[str, tuple]:
-    return tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-
-
 def _load_effdet(model, prefix, shapes) -> LoadReport:
     report = LoadReport(prefix, "effdet")
     stored_predict = shapes.get("model/class_net/predict/bias/.ATTRIBUTES/VARIABLE_VALUE")
     target = model
     if stored_predict is not None and tuple(stored_predict) != tuple(model.class_net.predict.bias.shape):
-        report.skipped_class_head = (
-            f"class head not loaded: the checkpoint predicts {stored_predict[-1]} outputs per position, the model "
-            f"{model.class_net.predict.bias.shape[-1]} ({model.num_classes} classes x {model.num_anchors} "
-            "anchors); it starts fresh (fine-tuning to another dataset)")
+        report.skipped_class_head = _class_head_message(stored_predict[-1], model)
         target = _without_class_predict(model)
+    root = tf.train.Checkpoint(model=target)
+    report.unexpected = _unclaimed_model_variables(prefix, shapes, root, report.skipped_class_head is not None)
+    if report.unexpected:
+        raise CheckpointError(f"{prefix} has {len(report.unexpected)} model variables that this model lacks "
+                              f"(a deeper or wider variant?)\n{report.summary()}")
+    before = [v.numpy() for v in model.variables]  # restoring is not atomic: undo it if it fails
     try:
-        status = tf.train.Checkpoint(model=target).read(prefix)
+        status = root.read(prefix)
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+        for variable, value in zip(model.variables, before):
+            variable.assign(value)
         raise CheckpointError(f"{prefix} does not fit this model: {str(error).splitlines()[0]}") from None
     status.expect_partial()  # trainer state (optimizer, EMA, step) is the trainer's to restore
     report.loaded = [variable_key(v, model) for v in model.variables
-                     if not (report.skipped_class_head and v.name.count("/class-predict/"))]
+                     if not (report.skipped_class_head and "/class-predict/" in v.name)]
     return report
+
+
+def _unclaimed_model_variables(prefix, shapes, root, skipping_class_predict: bool) -> List[str]:
+    """The checkpoint's model variables that no variable of `root` would take."""
+    view = tf.train.CheckpointView(prefix)
+    claimed = set(view.match(root))
+    unclaimed = []
+    for key in sorted(shapes):
+        if not key.startswith("model/") or not key.endswith("/.ATTRIBUTES/VARIABLE_VALUE") or "OPTIMIZER_SLOT" in key:
+            continue
+        if skipping_class_predict and key.startswith("model/class_net/predict/"):
+            continue
+        node = 0
+        for part in key.split("/")[:-2]:
+            node = view.children(node).get(part)
+            if node is None:
+                break
+        if node is None or node not in claimed:
+            unclaimed.append(key)
+    return unclaimed
 
 
 def _without_class_predict(model: tf.keras.Model) -> tf.train.Checkpoint:

@@ -406,9 +406,8 @@ def test_export_name_based_round_trip(d0_pair, tmp_path, reference, image):
     assert_outputs_equal(outputs(target, image), outputs(source, image))
 
 
-# --- known defects of effdet/model/checkpoint.py (strict xfail: remove the marker once fixed) ----------------
+# --- a failed load changes nothing ------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_load_name_based assigns the matching variables before _check raises")
 def test_failed_name_based_load_leaves_model_unchanged(automl_ckpt, tiny_pair):
     target = tiny_pair[1]
     before = snapshot(target)
@@ -416,3 +415,27 @@ def test_failed_name_based_load_leaves_model_unchanged(automl_ckpt, tiny_pair):
         load_weights(target, automl_ckpt)
     assert_variables_equal(target, before)
 
+
+
+def test_effdet_checkpoint_of_a_deeper_variant_is_refused_and_changes_nothing(tmp_path):
+    deeper = EfficientDet("tiny", "efficientnet-b0", 3, fpn_num_filters=16, fpn_cell_repeats=2, box_class_repeats=1)
+    create_variables(deeper)
+    prefix = save_weights(deeper, str(tmp_path / "deeper"))
+    target = tiny()
+    create_variables(target)
+    before = snapshot(target)
+    with pytest.raises(CheckpointError, match="model variables that this model lacks"):
+        load_weights(target, prefix)
+    assert_variables_equal(target, before)
+
+
+def test_effdet_checkpoint_of_a_shallower_variant_is_refused_and_changes_nothing(tmp_path):
+    shallow = tiny()
+    create_variables(shallow)
+    prefix = save_weights(shallow, str(tmp_path / "shallow"))
+    deeper = EfficientDet("tiny", "efficientnet-b0", 3, fpn_num_filters=16, fpn_cell_repeats=2, box_class_repeats=1)
+    create_variables(deeper)
+    before = snapshot(deeper)
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_weights(deeper, prefix)
+    assert_variables_equal(deeper, before)
