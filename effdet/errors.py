@@ -29,3 +29,7 @@ class ConfigError(EffdetError):
 
 class CheckpointError(EffdetError):
     """A checkpoint that cannot be read or does not fit the model."""
+
+
+class DataError(EffdetError):
+    """A dataset that cannot be read: missing files, a label that does not fit the model, ..."""

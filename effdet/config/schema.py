@@ -57,9 +57,37 @@ class ModelConfig:
 
 
 @dataclass
+class SyntheticConfig:
+    """data=shapes: what to generate (a new seed or size is a new dataset in the cache)."""
+
+    seed: int = non_negative(0)
+    num_train: int = positive(1600)
+    num_val: int = positive(200)
+    image_size: int = field(default=320, metadata={"min": 32})
+    num_shards: int = positive(4)
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
+    kind: str = registered(MISSING, "effdet.data.sources:DATASETS")  # tfrecord | shapes | fake
     num_classes: int = positive(MISSING)
+    train_file_pattern: Optional[str] = None
+    val_file_pattern: Optional[str] = None
+    val_json_file: Optional[str] = None  # COCO-format ground truth of the val split
+    label_map_file: Optional[str] = None  # default: label_map.json next to the shards
+    num_examples_per_epoch: Optional[int] = positive(None)  # default: counted from the shards
+    cache_dir: str = "${oc.env:EFFDET_CACHE,'~/.cache/effdet'}"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # input pipeline
+    deterministic: bool = False  # same order and augmentations on every run (slower)
+    seed: int = non_negative(0)
+    shuffle_buffer: int = positive(1024)
+    max_instances_per_image: int = positive(100)
+    jitter_min: float = field(default=0.1, metadata={"min": 0.01})
+    jitter_max: float = field(default=2.0, metadata={"min": 0.01})
+    hflip: bool = True
+    grid_mask: bool = False
 
 
 @dataclass

@@ -23,7 +23,7 @@ AREA = "image/object/area"
 CAPTION = "image/caption"
 
 LABEL_MAP_FILE = "label_map.json"  # next to the shards: {"1": "person", ...}
-SUMMARY_FILE = "summary.json"  # next to the shards: what the converter kept, fixed and dropped
+SUMMARY_FILE = "summary.json"  # "<prefix basename>.summary.json" next to the shards: what was kept, fixed, dropped
 
 
 @dataclass
@@ -95,11 +95,11 @@ PARSE_SPEC = {
 }
 
 
-def parse(serialized: tf.Tensor) -> dict:
-    """One serialized record → {image (uint8 HxWx3), source_id, boxes [N,4] normalised, classes, is_crowd, areas}."""
+def parse_fields(serialized: tf.Tensor) -> dict:
+    """One serialized record → its encoded image and objects, undecoded (the pipeline decodes only what it
+    crops). Boxes are normalised [N, 4] (ymin, xmin, ymax, xmax); height/width are -1 when not stored."""
     parsed = tf.io.parse_single_example(serialized, PARSE_SPEC)
     dense = {k: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v for k, v in parsed.items()}
-    image = tf.io.decode_image(dense[ENCODED], channels=3, expand_animations=False)
     boxes = tf.stack([dense[YMIN], dense[XMIN], dense[YMAX], dense[XMAX]], axis=-1)
     num = tf.shape(boxes)[0]
     is_crowd = dense[IS_CROWD]
@@ -107,10 +107,20 @@ def parse(serialized: tf.Tensor) -> dict:
     areas = dense[AREA]
     areas = tf.cond(tf.shape(areas)[0] == num, lambda: areas, lambda: tf.zeros([num], tf.float32))
     return {
-        "image": image,
+        "encoded": dense[ENCODED],
         "source_id": dense[SOURCE_ID],
+        "height": dense[HEIGHT],
+        "width": dense[WIDTH],
         "boxes": boxes,
         "classes": tf.cast(dense[LABEL], tf.int32),
         "is_crowd": tf.cast(is_crowd, tf.bool),
         "areas": areas,
     }
+
+
+def parse(serialized: tf.Tensor) -> dict:
+    """One serialized record → {image (uint8 HxWx3), source_id, boxes [N,4] normalised, classes, is_crowd, areas}."""
+    fields = parse_fields(serialized)
+    fields["image"] = tf.io.decode_image(fields.pop("encoded"), channels=3, expand_animations=False)
+    del fields["height"], fields["width"]
+    return fields

@@ -1,8 +1,8 @@
 """The one error a conversion raises on purpose: its input cannot be converted at all."""
-from effdet.errors import EffdetError
+from effdet.errors import DataError
 
 
-class ConversionError(EffdetError):
+class ConversionError(DataError):
     """A malformed annotation file, a missing directory or an unusable argument. The message is one line that
     names the file (or argument) and the reason; `python -m effdet.data.convert` prints it and exits with 2."""
 

@@ -1,0 +1,171 @@
+"""The tf.data input pipeline: TFRecord shards → (this rank's part) → decode → augment → anchor targets →
+batches. Training and evaluation differ only in augmentation and in what they keep for scoring."""
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import tensorflow as tf
+
+from effdet.data import augment
+from effdet.data.example import parse_fields
+from effdet.data.targets import IGNORE, AnchorLabeler
+from effdet.errors import DataError
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    jitter_min: float = 0.1
+    jitter_max: float = 2.0
+    hflip: bool = True
+    grid_mask: bool = False
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This worker's part of the data: `index` of `count` disjoint parts whose union is everything."""
+
+    index: int = 0
+    count: int = 1
+
+
+def list_files(file_pattern: str, key: str = "") -> list:
+    files = sorted(tf.io.gfile.glob(os.path.expanduser(file_pattern)))
+    if not files:
+        origin = f" (from {key})" if key else ""
+        raise DataError(f"no files match '{file_pattern}'{origin}")
+    return files
+
+
+def pad_to(tensor: tf.Tensor, size: int, value) -> tf.Tensor:
+    """Pads (or cuts) the first dimension to `size`, so that examples batch."""
+    tensor = tensor[:size]
+    padding = [[0, size - tf.shape(tensor)[0]]] + [[0, 0]] * (len(tensor.shape) - 1)
+    return tf.pad(tensor, padding, constant_values=value)
+
+
+class InputPipeline:
+    def __init__(self, file_pattern: str, labeler: AnchorLabeler, augmentation: Augmentation = Augmentation(),
+                 max_instances: int = 100, deterministic: bool = False, seed: int = 0,
+                 shuffle_buffer: int = 1024, cycle_length: int = 8, file_pattern_key: str = ""):
+        self.files = list_files(file_pattern, file_pattern_key)
+        self.labeler = labeler
+        self.image_size = labeler.image_size
+        self.augmentation = augmentation
+        self.max_instances = max_instances
+        self.deterministic = deterministic
+        self.seed = seed
+        self.shuffle_buffer = shuffle_buffer
+        self.cycle_length = cycle_length
+
+    # --- datasets ---------------------------------------------------------------------------------------
+
+    def train(self, batch_size: int, shard: Shard = Shard(), start_example: int = 0) -> tf.data.Dataset:
+        """Endless augmented batches (images, targets). `start_example` resumes the stream where a run stopped:
+        with data.deterministic the batches that follow are those the interrupted run would have seen."""
+        records = self._records(shard, shuffle_files=True)
+        records = records.shuffle(self.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=True).repeat()
+        examples = records.enumerate().skip(start_example)
+        examples = examples.map(self._train_example, num_parallel_calls=tf.data.AUTOTUNE,
+                                deterministic=self.deterministic)
+        return self._finish(examples.batch(batch_size, drop_remainder=True))
+
+    def eval(self, batch_size: int, shard: Shard = Shard(), max_examples: Optional[int] = None) -> tf.data.Dataset:
+        """One pass: (images, targets + what scoring needs: source ids, image scales, ground truth in original
+        pixels). The last batch may be smaller."""
+        records = self._records(shard, shuffle_files=False)
+        if max_examples is not None:
+            records = records.take(max_examples)
+        examples = records.map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return self._finish(examples.batch(batch_size))
+
+    def _records(self, shard: Shard, shuffle_files: bool) -> tf.data.Dataset:
+        # Whole files per worker when there are enough of them (each reads only its files); else records.
+        by_file = len(self.files) >= shard.count
+        files = self.files[shard.index::shard.count] if by_file else self.files
+        dataset = tf.data.Dataset.from_tensor_slices(files)
+        if shuffle_files:
+            dataset = dataset.shuffle(len(files), seed=self.seed, reshuffle_each_iteration=True)
+        # Interleaving stays deterministic so that record-level sharding gives disjoint parts.
+        dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(self.cycle_length, len(files)),
+                                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if not by_file:
+            dataset = dataset.shard(shard.count, shard.index)
+        return dataset
+
+    def _finish(self, dataset: tf.data.Dataset) -> tf.data.Dataset:
+        options = tf.data.Options()
+        options.deterministic = self.deterministic
+        options.experimental_optimization.map_parallelization = True
+        return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+    # --- one example ------------------------------------------------------------------------------------
+
+    def _decode(self, fields, window):
+        """Decodes only the crop window of a JPEG (any other format: decode, then crop)."""
+        encoded = fields["encoded"]
+
+        def jpeg():
+            return tf.image.decode_and_crop_jpeg(encoded, window, channels=3, dct_method="INTEGER_FAST")
+
+        def other():
+            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+            return tf.image.crop_to_bounding_box(image, window[0], window[1], window[2], window[3])
+
+        image = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+        return tf.cast(image, tf.float32)
+
+    @staticmethod
+    def _image_shape(fields):
+        """(height, width) from the record, or from the encoded header when the record lacks them."""
+        encoded = fields["encoded"]
+        stored = tf.cast(tf.stack([fields["height"], fields["width"]]), tf.int32)
+        from_header = tf.cond(tf.io.is_jpeg(encoded), lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+                              lambda: tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))[:2])
+        return tf.cond(tf.reduce_all(stored > 0), lambda: stored, lambda: from_header)
+
+    def _train_example(self, index, serialized):
+        seed = tf.stack([tf.cast(self.seed, tf.int64), index])
+        fields = parse_fields(serialized)
+        height, width = tf.unstack(self._image_shape(fields))
+        aug = self.augmentation
+        window, image_scale = augment.scale_jitter_crop(height, width, self.image_size, seed,
+                                                        aug.jitter_min, aug.jitter_max)
+        image = self._decode(fields, window)
+        size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
+        image, boxes = augment.apply_window(image, fields["boxes"] * size, window, image_scale, self.image_size)
+        if aug.hflip:
+            image, boxes = augment.horizontal_flip(image, boxes, seed)
+        if aug.grid_mask:
+            image = augment.grid_mask(image, seed)
+        boxes, classes, is_crowd = augment.keep_boxes_with_area(boxes, fields["classes"], fields["is_crowd"])
+        targets = self.labeler.label(boxes, classes, is_crowd)
+        image.set_shape([*self.image_size, 3])
+        return image, targets
+
+    def _eval_example(self, serialized):
+        fields = parse_fields(serialized)
+        height, width = tf.unstack(self._image_shape(fields))
+        window, image_scale = augment.fit_crop(height, width, self.image_size)
+        image = self._decode(fields, window)
+        size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
+        original_boxes = fields["boxes"] * size
+        image, boxes = augment.apply_window(image, original_boxes, window, image_scale, self.image_size)
+        kept_boxes, classes, is_crowd = augment.keep_boxes_with_area(boxes, fields["classes"], fields["is_crowd"])
+        targets = self.labeler.label(kept_boxes, classes, is_crowd)
+        image.set_shape([*self.image_size, 3])
+        n = self.max_instances
+        targets.update({
+            "source_id": fields["source_id"],
+            "image_scale": image_scale,
+            "original_size": tf.stack([height, width]),
+            "groundtruth_boxes": pad_to(original_boxes, n, -1.0),
+            "groundtruth_classes": pad_to(fields["classes"], n, IGNORE),
+            "groundtruth_is_crowd": pad_to(fields["is_crowd"], n, False),
+            "groundtruth_areas": pad_to(fields["areas"], n, -1.0),
+            "num_groundtruth": tf.minimum(tf.shape(fields["classes"])[0], n),
+        })
+        return image, targets
+
+
+def image_size_tuple(image_size) -> Tuple[int, int]:
+    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

@@ -1,0 +1,188 @@
+"""The input pipeline: boxes stay on their objects through augmentation, ranks read disjoint parts,
+a seed fixes everything, evaluation maps back to the original pixels."""
+import io
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from effdet.data import augment
+from effdet.data.example import DetectionRecord, to_example
+from effdet.data.pipeline import Augmentation, InputPipeline, Shard
+from effdet.data.targets import AnchorLabeler
+from effdet.errors import DataError
+
+RED = (255, 0, 0)
+
+
+def jpeg(array, quality=95):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def image_with_rectangle(height, width, box, colour=RED):
+    """A grey image with one solid rectangle at `box` (ymin, xmin, ymax, xmax) in pixels."""
+    array = np.full([height, width, 3], 128, np.uint8)
+    ymin, xmin, ymax, xmax = box
+    array[ymin:ymax, xmin:xmax] = colour
+    return array
+
+
+def write_records(path, records):
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(to_example(record).SerializeToString())
+
+
+def rectangle_record(index, height=120, width=160, box=(30, 40, 90, 100), label=1):
+    ymin, xmin, ymax, xmax = box
+    return DetectionRecord(jpeg(image_with_rectangle(height, width, box)), str(index), height, width,
+                           boxes=np.array([[ymin / height, xmin / width, ymax / height, xmax / width]]),
+                           labels=[label], texts=["rect"], is_crowd=[0], areas=[(ymax - ymin) * (xmax - xmin)])
+
+
+def labeler(size=64):
+    return AnchorLabeler((size, size), 3, 5, 3, [1.0, 2.0, 0.5], 4.0)
+
+
+@pytest.fixture(scope="module")
+def rectangles(tmp_path_factory):
+    """Two shards of 6 images each, one red rectangle per image at a known place."""
+    folder = tmp_path_factory.mktemp("rectangles")
+    for shard in range(2):
+        write_records(folder / f"rect-{shard:05d}-of-00002.tfrecord",
+                      [rectangle_record(shard * 6 + i) for i in range(6)])
+    return str(folder / "rect-*")
+
+
+def red_fraction(image, box):
+    ymin, xmin, ymax, xmax = [int(round(v)) for v in box]
+    inside = image[ymin + 1:ymax - 1, xmin + 1:xmax - 1]
+    red = (inside[..., 0] > 200) & (inside[..., 1] < 60) & (inside[..., 2] < 60)
+    return red.mean() if red.size else 0.0
+
+
+def test_flip_moves_a_known_box_with_the_image():
+    image = tf.constant(image_with_rectangle(40, 100, (10, 10, 30, 40)), tf.float32)
+    boxes = tf.constant([[10.0, 10.0, 30.0, 40.0]])
+    flipped = None
+    for seed in range(20):  # some seeds flip, some do not
+        out_image, out_boxes = augment.horizontal_flip(image, boxes, tf.constant([seed, 0], tf.int64))
+        if out_boxes.numpy()[0, 1] != 10.0:
+            flipped = (out_image.numpy(), out_boxes.numpy()[0])
+            break
+    assert flipped is not None
+    out_image, box = flipped
+    np.testing.assert_allclose(box, [10, 60, 30, 90])  # x' = 100 - x
+    assert red_fraction(out_image, box) == 1.0
+    assert out_image[20, 20, 0] == 128  # where the rectangle was is background now
+
+
+def test_augmented_boxes_stay_on_their_objects(rectangles):
+    pipeline = InputPipeline(rectangles, labeler(128), Augmentation(jitter_min=0.5, jitter_max=1.8), seed=3,
+                             deterministic=True)
+    batches = pipeline.train(batch_size=4).take(6)
+    checked = 0
+    for images, targets in batches:
+        assert images.shape == (4, 128, 128, 3)
+        assert targets["cls_targets_3"].shape == (4, 16, 16, 9)
+        for image in images.numpy():
+            red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
+            if red.sum() < 30:
+                continue  # the crop missed the rectangle
+            ys, xs = np.nonzero(red)
+            # the rectangle's pixels sit where the (only) positive anchors' encoded boxes say
+            checked += 1
+            assert ys.max() - ys.min() > 3 and xs.max() - xs.min() > 3
+    assert checked >= 10
+
+
+def test_box_targets_decode_to_the_object_in_the_augmented_image(rectangles):
+    from effdet.data.targets import flatten_levels
+    from effdet.model import box_coder
+
+    lab = labeler(128)
+    pipeline = InputPipeline(rectangles, lab, Augmentation(jitter_min=0.6, jitter_max=1.5), seed=7,
+                             deterministic=True)
+    images, targets = next(iter(pipeline.train(batch_size=8)))
+    classes = flatten_levels(targets, "cls_targets", 3, 5, 1)[..., 0].numpy()
+    codes = flatten_levels(targets, "box_targets", 3, 5, 4)
+    decoded = box_coder.decode(codes, lab.anchors[None]).numpy()
+    seen = 0
+    for image, cls, boxes in zip(images.numpy(), classes, decoded):
+        for box in boxes[cls == 0]:
+            assert red_fraction(image, box) > 0.9, box
+            seen += 1
+    assert seen > 0
+
+
+def test_two_ranks_read_disjoint_parts_that_cover_everything(rectangles, tmp_path):
+    def ids(pattern, shard):
+        pipeline = InputPipeline(pattern, labeler())
+        return [s.decode() for _, t in pipeline.eval(batch_size=5, shard=shard) for s in t["source_id"].numpy()]
+
+    single_file = tmp_path / "one.tfrecord"
+    write_records(single_file, [rectangle_record(i) for i in range(7)])
+    for pattern, total in ((rectangles, 12), (str(single_file), 7)):  # by file, then by record
+        rank0, rank1 = ids(pattern, Shard(0, 2)), ids(pattern, Shard(1, 2))
+        assert not set(rank0) & set(rank1)
+        assert sorted(rank0 + rank1, key=int) == [str(i) for i in range(total)]
+
+
+def test_a_seed_fixes_order_and_augmentation(rectangles):
+    def first_batches(seed):
+        pipeline = InputPipeline(rectangles, labeler(), seed=seed, deterministic=True)
+        return [images.numpy() for images, _ in pipeline.train(batch_size=3).take(3)]
+
+    a, b, c = first_batches(1), first_batches(1), first_batches(2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, z) for x, z in zip(a, c))
+
+
+def test_resuming_at_an_example_continues_the_same_stream(rectangles):
+    pipeline = InputPipeline(rectangles, labeler(), seed=5, deterministic=True)
+    stream = [images.numpy() for images, _ in pipeline.train(batch_size=2).take(9)]  # crosses an epoch
+    resumed = [images.numpy() for images, _ in pipeline.train(batch_size=2, start_example=10).take(4)]
+    assert all(np.array_equal(x, y) for x, y in zip(stream[5:], resumed))
+
+
+def test_eval_keeps_what_maps_detections_back_to_the_original_image(rectangles):
+    pipeline = InputPipeline(rectangles, labeler(64))
+    images, targets = next(iter(pipeline.eval(batch_size=2)))
+    # 120x160 into 64x64: scale 0.4, the image fills 48x64 and the rest is padding
+    np.testing.assert_allclose(targets["image_scale"].numpy(), [0.4, 0.4])
+    np.testing.assert_array_equal(targets["original_size"].numpy()[0], [120, 160])
+    np.testing.assert_allclose(targets["groundtruth_boxes"].numpy()[0, 0], [30, 40, 90, 100], atol=1e-3)
+    assert targets["num_groundtruth"].numpy().tolist() == [1, 1]
+    assert (targets["groundtruth_boxes"].numpy()[0, 1:] == -1).all()
+    assert (images.numpy()[:, 48:] == 0).all()  # padding
+    assert red_fraction(images.numpy()[0], np.array([30, 40, 90, 100]) * 0.4) == 1.0
+
+
+def test_png_records_and_records_without_sizes_are_read(tmp_path):
+    array = image_with_rectangle(50, 60, (10, 10, 40, 50))
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    record = DetectionRecord(buffer.getvalue(), "9", -1, -1, boxes=np.array([[0.2, 1 / 6, 0.8, 50 / 60]]),
+                             labels=[1], texts=["r"], is_crowd=[0], areas=[1200.0])
+    write_records(tmp_path / "png.tfrecord", [record])
+    images, targets = next(iter(InputPipeline(str(tmp_path / "png.tfrecord"), labeler(64)).eval(batch_size=1)))
+    np.testing.assert_array_equal(targets["original_size"].numpy()[0], [50, 60])
+    assert red_fraction(images.numpy()[0], np.array([10, 10, 40, 50]) * 64 / 60) == 1.0
+
+
+def test_missing_files_are_an_error_naming_the_pattern_and_key(tmp_path):
+    with pytest.raises(DataError, match=r"no files match .*nothing-\*.*data.train_file_pattern"):
+        InputPipeline(os.path.join(str(tmp_path), "nothing-*"), labeler(), file_pattern_key="data.train_file_pattern")
+
+
+def test_fake_input_has_the_shapes_of_real_input():
+    from effdet.data.fake import FakeInput
+
+    images, targets = next(iter(FakeInput(labeler(64), num_classes=4).train(batch_size=2)))
+    assert images.shape == (2, 64, 64, 3)
+    assert targets["cls_targets_3"].shape == (2, 8, 8, 9) and targets["box_targets_5"].shape == (2, 2, 2, 36)
+    assert (targets["num_positives"].numpy() >= 1).all()
