@@ -3,6 +3,7 @@
 See README.md. Each job: check the config → prepare the hardware → run the mode, which writes its
 artifacts under the job's output dir (Hydra's run dir, with the composed config in .hydra/).
 """
+import logging
 import os
 import sys
 
@@ -16,6 +17,7 @@ from effdet.config import register_schema, validate  # noqa: E402
 from effdet.config.preflight import check_group_choices  # noqa: E402
 from effdet.errors import EffdetError  # noqa: E402
 
+logging.getLogger("matplotlib").setLevel(logging.WARNING)
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
 register_schema()
 

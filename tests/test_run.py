@@ -58,3 +58,14 @@ def test_config_errors_are_one_clear_message_without_a_traceback(tmp_path, overr
         assert text in result.stderr, (text, result.stderr)
     assert "Traceback" not in result.stderr + result.stdout
     assert len(result.stderr.strip().splitlines()) <= 8, result.stderr
+
+
+def test_show_data_draws_augmented_examples_of_the_shapes_dataset(tmp_path):
+    result = run_cli("mode=show_data", "data.synthetic.num_train=24", "data.synthetic.num_val=4",
+                     "data.synthetic.image_size=128", "model.image_size=128", "trainer.batch_size=4",
+                     f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert "1:circle" in result.stdout
+    summary = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert summary["num_train_examples"] == 24 and summary["mean_positive_anchors"] > 0
+    assert (tmp_path / "run" / "data_samples.png").stat().st_size > 10_000

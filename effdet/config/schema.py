@@ -98,20 +98,70 @@ class HardwareConfig:
 
 
 @dataclass
+class LossConfig:
+    alpha: float = fraction(0.25)  # focal loss
+    gamma: float = field(default=1.5, metadata={"min": 0.0})
+    label_smoothing: float = fraction(0.0)
+    delta: float = field(default=0.1, metadata={"min": 0.0})  # Huber box loss
+    box_loss_weight: float = field(default=50.0, metadata={"min": 0.0})
+    iou_loss_type: Optional[str] = None  # iou | giou
+    iou_loss_weight: float = field(default=1.0, metadata={"min": 0.0})
+
+
+@dataclass
 class TrainerConfig:
     batch_size: int = positive(8)  # per worker
+    num_epochs: int = positive(300)
+    total_steps: Optional[int] = positive(None)  # default: num_epochs × examples per epoch / global batch
     seed: int = non_negative(0)
+    deterministic: bool = False  # identical loss sequences on the CPU for a fixed seed (slower)
     ckpt: Optional[str] = None  # an EfficientDet checkpoint to start from: automl's or ours
     backbone_ckpt: Optional[str] = None  # an EfficientNet checkpoint for the backbone
+    precision: str = field(default="fp32", metadata={"choices": ["fp32", "mixed_float16", "mixed_bfloat16"]})
+    xla: bool = False
+    steps_per_loop: int = positive(1)
+    checkpoint_every_n_steps: int = positive(1000)
+    keep_checkpoint_max: int = positive(5)
+    log_every_n_steps: int = positive(100)
+    on_nonfinite: str = field(default="stop", metadata={"choices": ["stop", "skip"]})
+    clip_gradient_norm: float = field(default=10.0, metadata={"min": 0.0})
+    weight_decay: float = field(default=4e-5, metadata={"min": 0.0})
+    ema_decay: float = fraction(0.9998)
+    eval_after_training: bool = True
+    progress_bar: bool = True
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = registered("sgd", "effdet.train.optim:OPTIMIZERS")
+    lr: float = field(default=0.08, metadata={"min": 0.0})  # per 64 images; scaled by the global batch
+    momentum: float = fraction(0.9)
+    schedule: str = registered("cosine", "effdet.train.optim:SCHEDULES")
+    lr_warmup_init: float = field(default=0.008, metadata={"min": 0.0})
+    lr_warmup_epoch: float = field(default=1.0, metadata={"min": 0.0})
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = positive(8)
+    samples: Optional[int] = positive(None)  # evaluate on the first N val images only
+    nms: str = field(default="hard", metadata={"choices": ["hard", "soft"]})
+    iou_threshold: float = fraction(0.5)
+    soft_nms_sigma: float = field(default=0.5, metadata={"min": 0.0})
+    score_threshold: float = fraction(0.001)
+    max_detections: int = positive(100)
 
 
 @dataclass
 class Config:
-    mode: str = registered("inspect", "effdet.modes:MODES")
+    mode: str = registered("train", "effdet.modes:MODES")
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     hardware: HardwareConfig = MISSING
     trainer: TrainerConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    eval: EvalConfig = MISSING
 
 
 def register_schema() -> None:

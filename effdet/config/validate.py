@@ -18,6 +18,8 @@ def validate(cfg: DictConfig, schema: type = Config, path: str = "") -> None:
             validate(value, spec.type, key + ".")
             continue
         _check_range(key, value, spec.metadata)
+        if "choices" in spec.metadata and value not in spec.metadata["choices"]:
+            raise ConfigError(f"{key}={value} is not valid: choose one of {', '.join(spec.metadata['choices'])}")
         if "registry" in spec.metadata and value is not None:
             _registry(spec.metadata["registry"]).get(value, where=key)
 

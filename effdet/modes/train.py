@@ -1,0 +1,77 @@
+"""mode=train: build everything from the config, train (resuming if the run dir has checkpoints), evaluate."""
+import json
+import logging
+import os
+from typing import Any, Dict
+
+import tensorflow as tf
+
+from effdet.data.builder import build_input, build_labeler
+from effdet.data.pipeline import Shard
+from effdet.data.sources import build_source
+from effdet.model.builder import build_model
+from effdet.model.checkpoint import load_weights
+from effdet.modes.registry import MODES
+from effdet.train.builder import build_ema, build_loss, build_optimization, set_precision, steps_of
+from effdet.train.curves import plot_training_curves
+from effdet.train.distributed import init_workers
+from effdet.train.trainer import Trainer, TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@MODES.register("train")
+def train(cfg: Any, run_dir: str) -> Dict[str, Any]:
+    workers = init_workers()
+    trainer_cfg = cfg.trainer
+    if trainer_cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    tf.keras.utils.set_random_seed(trainer_cfg.seed)
+    loss_scaling = set_precision(trainer_cfg.precision)
+
+    source = build_source(cfg.data)
+    labeler = build_labeler(cfg.model)
+    model = build_model(cfg.model, source.num_classes)
+    global_batch = trainer_cfg.batch_size * workers.size
+    steps_per_epoch, total_steps = steps_of(trainer_cfg, source.num_train_examples, global_batch)
+    schedule, optimizer = build_optimization(cfg.optimizer, global_batch, steps_per_epoch, total_steps, loss_scaling)
+    settings = TrainSettings(
+        total_steps=total_steps, steps_per_epoch=steps_per_epoch, batch_size=trainer_cfg.batch_size,
+        clip_gradient_norm=trainer_cfg.clip_gradient_norm, weight_decay=trainer_cfg.weight_decay,
+        steps_per_loop=trainer_cfg.steps_per_loop, checkpoint_every_n_steps=trainer_cfg.checkpoint_every_n_steps,
+        keep_checkpoint_max=trainer_cfg.keep_checkpoint_max, log_every_n_steps=trainer_cfg.log_every_n_steps,
+        on_nonfinite=trainer_cfg.on_nonfinite, xla=trainer_cfg.xla, loss_scaling=loss_scaling,
+        progress_bar=trainer_cfg.progress_bar)
+    loss = build_loss(trainer_cfg.loss, cfg.model, source.num_classes, labeler.anchors, workers.sum)
+    trainer = Trainer(model, loss, optimizer, build_ema(model, trainer_cfg.ema_decay), workers, run_dir, settings,
+                      learning_rate=schedule)
+
+    def initialize():
+        if trainer_cfg.backbone_ckpt:
+            log.info(load_weights(model, trainer_cfg.backbone_ckpt, backbone_only=True).summary())
+        if trainer_cfg.ckpt:
+            log.info(load_weights(model, trainer_cfg.ckpt).summary())
+
+    start = trainer.restore_or_start(initialize)
+    log.info("training %s on %s: %d steps (%d per epoch, global batch %d on %d worker(s)), from step %d",
+             cfg.model.name, source.name, total_steps, steps_per_epoch, global_batch, workers.size, start)
+    pipeline = build_input(cfg.data, source, labeler, "train")
+    shard = Shard(workers.rank, workers.size)
+    summary = trainer.fit(lambda step: pipeline.train(trainer_cfg.batch_size, shard,
+                                                      start_example=step * trainer_cfg.batch_size))
+    result = {"train": summary}
+    if workers.is_chief:
+        plot_training_curves(trainer.history, os.path.join(run_dir, "training_curves.png"))
+        _append_history(trainer.history, os.path.join(run_dir, "train_history.jsonl"))
+    if trainer_cfg.eval_after_training and not summary["stopped_early"] and source.val_file_pattern:
+        from effdet.eval.evaluate import evaluate_and_record
+
+        with trainer.ema.swap():
+            result["eval"] = evaluate_and_record(cfg, model, source, labeler, workers, run_dir, summary["step"])
+    return result
+
+
+def _append_history(history, path):
+    with open(path, "a") as handle:
+        for entry in history:
+            handle.write(json.dumps(entry) + "\n")
