@@ -88,6 +88,7 @@ class DataConfig:
     jitter_max: float = field(default=2.0, metadata={"min": 0.01})
     hflip: bool = True
     grid_mask: bool = False
+    autoaugment_policy: Optional[str] = None  # v0: the detection AutoAugment policy
 
 
 @dataclass

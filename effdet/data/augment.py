@@ -9,7 +9,9 @@ import tensorflow as tf
 
 
 def _uniform(seed, low=0.0, high=1.0, salt=0):
-    return tf.random.stateless_uniform([], seed=seed + tf.constant([0, salt], tf.int64), minval=low, maxval=high)
+    # fold_in mixes the whole seed: (run, example k) salted never equals (run, example k + 1) salted
+    salted = tf.random.experimental.stateless_fold_in(seed, salt)
+    return tf.random.stateless_uniform([], seed=salted, minval=low, maxval=high)
 
 
 def horizontal_flip(image, boxes, seed, probability: float = 0.5):

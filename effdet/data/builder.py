@@ -1,6 +1,7 @@
 """Config → input: the only place where the data config's pipeline keys are read."""
 from typing import Any, Union
 
+from effdet.data.autoaugment import check_policy
 from effdet.data.fake import FakeInput
 from effdet.data.pipeline import Augmentation, InputPipeline
 from effdet.data.sources import DataSource
@@ -25,7 +26,10 @@ def build_input(data_cfg: Any, source: DataSource, labeler: AnchorLabeler, split
         raise ConfigError(f"data '{source.name}' has no {split} files: set data.{split}_file_pattern")
     if data_cfg.jitter_min > data_cfg.jitter_max:
         raise ConfigError(f"data.jitter_min={data_cfg.jitter_min} is larger than data.jitter_max={data_cfg.jitter_max}")
-    augmentation = Augmentation(data_cfg.jitter_min, data_cfg.jitter_max, data_cfg.hflip, data_cfg.grid_mask)
+    if data_cfg.autoaugment_policy:
+        check_policy(data_cfg.autoaugment_policy, where="data.autoaugment_policy")
+    augmentation = Augmentation(data_cfg.jitter_min, data_cfg.jitter_max, data_cfg.hflip, data_cfg.grid_mask,
+                                data_cfg.autoaugment_policy)
     return InputPipeline(pattern, labeler, augmentation, max_instances=data_cfg.max_instances_per_image,
                          deterministic=data_cfg.deterministic, seed=data_cfg.seed,
                          shuffle_buffer=data_cfg.shuffle_buffer, file_pattern_key=f"data.{split}_file_pattern")

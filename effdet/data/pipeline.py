@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from effdet.data import augment
+from effdet.data import augment, autoaugment
 from effdet.data.example import parse_fields
 from effdet.data.targets import IGNORE, AnchorLabeler
 from effdet.errors import DataError
@@ -18,6 +18,7 @@ class Augmentation:
     jitter_max: float = 2.0
     hflip: bool = True
     grid_mask: bool = False
+    autoaugment_policy: Optional[str] = None  # "v0": the detection AutoAugment policy (Zoph et al., 2019)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,8 @@ class InputPipeline:
         image = self._decode(fields, window)
         size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
         image, boxes = augment.apply_window(image, fields["boxes"] * size, window, image_scale, self.image_size)
+        if aug.autoaugment_policy:
+            image, boxes = autoaugment.autoaugment(image, boxes, seed, aug.autoaugment_policy)
         if aug.hflip:
             image, boxes = augment.horizontal_flip(image, boxes, seed)
         if aug.grid_mask:

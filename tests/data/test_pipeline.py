@@ -186,3 +186,27 @@ def test_fake_input_has_the_shapes_of_real_input():
     assert images.shape == (2, 64, 64, 3)
     assert targets["cls_targets_3"].shape == (2, 8, 8, 9) and targets["box_targets_5"].shape == (2, 2, 2, 36)
     assert (targets["num_positives"].numpy() >= 1).all()
+
+
+def test_autoaugment_and_grid_mask_keep_boxes_on_their_objects(rectangles):
+    from effdet.data.targets import flatten_levels
+    from effdet.model import box_coder
+
+    lab = labeler(128)
+    augmentation = Augmentation(jitter_min=0.8, jitter_max=1.2, autoaugment_policy="v0")
+    pipeline = InputPipeline(rectangles, lab, augmentation, seed=11, deterministic=True)
+    images, targets = next(iter(pipeline.train(batch_size=8)))
+    classes = flatten_levels(targets, "cls_targets", 3, 5, 1)[..., 0].numpy()
+    decoded = box_coder.decode(flatten_levels(targets, "box_targets", 3, 5, 4), lab.anchors[None]).numpy()
+    # AutoAugment's cutout and colour ops may paint over part of an object: most of each box stays red
+    fractions = [red_fraction(image, box) for image, cls, boxes in zip(images.numpy(), classes, decoded)
+                 for box in boxes[cls == 0]]
+    assert fractions and np.median(fractions) > 0.5
+    def zero_fractions(grid_mask):
+        pipeline = InputPipeline(rectangles, lab, Augmentation(1.0, 1.0, hflip=False, grid_mask=grid_mask), seed=2,
+                                 deterministic=True)
+        images, _ = next(iter(pipeline.train(batch_size=8)))
+        return np.array([(image == 0).all(axis=-1).mean() for image in images.numpy()])
+
+    extra = zero_fractions(True) - zero_fractions(False)  # padding is zero in both
+    assert extra.min() >= 0 and extra.max() > 0.05  # some images got a grid of blanked squares
