@@ -69,3 +69,28 @@ def test_show_data_draws_augmented_examples_of_the_shapes_dataset(tmp_path):
     summary = json.loads((tmp_path / "run" / "data.json").read_text())
     assert summary["num_train_examples"] == 24 and summary["mean_positive_anchors"] > 0
     assert (tmp_path / "run" / "data_samples.png").stat().st_size > 10_000
+
+
+def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
+    """A CI-sized `python run.py`: trains a few steps on shapes, evaluates with pycocotools, writes its
+    artifacts; run again in the same dir with more steps, it resumes instead of starting over."""
+    run_dir = tmp_path / "run"
+    tiny = ["data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.image_size=96",
+            "model.image_size=64", "model.fpn_num_filters=8", "model.fpn_cell_repeats=1", "model.box_class_repeats=1",
+            "trainer.batch_size=4", "trainer.log_every_n_steps=2", "trainer.checkpoint_every_n_steps=2",
+            "trainer.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    first = run_cli(*tiny, "trainer.total_steps=4")
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 4
+    assert set(metrics[-1]) == {"step", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"}
+    assert "AP50" in first.stdout
+    for artifact in ("training_curves.png", "train_history.jsonl", "checkpoints/checkpoint", ".hydra/config.yaml"):
+        assert (run_dir / artifact).exists(), artifact
+    assert any((run_dir / "tensorboard").iterdir())
+
+    second = run_cli(*tiny, "trainer.total_steps=6")
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = (run_dir / "run.log").read_text()
+    assert "resumed from" in log and "from step 4" in log
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [4, 6]

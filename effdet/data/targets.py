@@ -48,6 +48,14 @@ class AnchorLabeler:
         self.anchors = tf.constant(anchor_boxes(image_size, min_level, max_level, num_scales, aspect_ratios,
                                                 anchor_scale))
         self.match_threshold = match_threshold
+        # Everything about the anchors that labeling needs, computed once: [N] each.
+        ymin, xmin, ymax, xmax = tf.unstack(self.anchors, axis=1)
+        height, width = ymax - ymin, xmax - xmin
+        self._corners = (ymin, xmin, ymax, xmax)
+        self._area = height * width
+        self._center = (ymin + height / 2, xmin + width / 2)
+        self._size = (height + box_coder.EPSILON, width + box_coder.EPSILON)
+        self._log_size = (tf.math.log(self._size[0]), tf.math.log(self._size[1]))
         sizes = feature_sizes(image_size, max_level)
         self.level_shapes = {level: sizes[level] for level in range(min_level, max_level + 1)}
 
@@ -66,13 +74,13 @@ class AnchorLabeler:
         padded_boxes = tf.concat([boxes, [[0.0, 0.0, 1.0, 1.0]]], 0)
         padded_classes = tf.concat([classes, [0]], 0)
         usable = tf.concat([tf.logical_not(is_crowd), [False]], 0)
-        iou = pairwise_iou(self.anchors, padded_boxes)  # [N, M + 1]
-        iou = tf.where(usable[None, :], iou, -tf.ones_like(iou))
-        best_box = tf.argmax(iou, axis=1, output_type=tf.int32)
-        matched = tf.reduce_max(iou, axis=1) >= self.match_threshold
+        iou = self._iou_with_anchors(padded_boxes)  # [M + 1, N]: broadcasting runs along the long axis
+        iou = tf.where(usable[:, None], iou, -tf.ones_like(iou))
+        best_box = tf.argmax(iou, axis=0, output_type=tf.int32)
+        matched = tf.reduce_max(iou, axis=0) >= self.match_threshold
         # Every object also claims its best anchor (ties: the first), even below the threshold.
-        claims = tf.logical_and(usable, tf.reduce_max(iou, axis=0) > 0)
-        claimed_anchor = tf.boolean_mask(tf.argmax(iou, axis=0, output_type=tf.int32), claims)
+        claims = tf.logical_and(usable, tf.reduce_max(iou, axis=1) > 0)
+        claimed_anchor = tf.boolean_mask(tf.argmax(iou, axis=1, output_type=tf.int32), claims)
         claiming_box = tf.boolean_mask(tf.range(dummy + 1), claims)
         best_box = tf.tensor_scatter_nd_update(best_box, claimed_anchor[:, None], claiming_box)
         matched = tf.tensor_scatter_nd_update(matched, claimed_anchor[:, None], tf.ones_like(claiming_box) > 0)
@@ -80,11 +88,31 @@ class AnchorLabeler:
 
         unmatched = tf.where(self._inside_crowd(boxes, is_crowd), IGNORE, BACKGROUND)
         cls_targets = tf.where(matched, tf.gather(padded_classes, best_box) - 1, unmatched)
-        box_targets = tf.where(matched[:, None], box_coder.encode(tf.gather(padded_boxes, best_box), self.anchors),
-                               tf.zeros([num_anchors, 4]))
+        box_targets = tf.where(matched[:, None], self._encode(padded_boxes, best_box), tf.zeros([num_anchors, 4]))
         targets = self._split_levels(cls_targets, box_targets)
         targets["num_positives"] = tf.reduce_sum(tf.cast(matched, tf.float32))
         return targets
+
+    def _iou_with_anchors(self, boxes):
+        """[M, 4] boxes → [M, N] IoU with every anchor."""
+        ymin, xmin, ymax, xmax = self._corners
+        b_ymin, b_xmin, b_ymax, b_xmax = [c[:, None] for c in tf.unstack(boxes, axis=1)]
+        height = tf.maximum(tf.minimum(b_ymax, ymax) - tf.maximum(b_ymin, ymin), 0.0)
+        width = tf.maximum(tf.minimum(b_xmax, xmax) - tf.maximum(b_xmin, xmin), 0.0)
+        intersection = height * width
+        box_area = (tf.maximum(b_ymax - b_ymin, 0.0) * tf.maximum(b_xmax - b_xmin, 0.0))
+        union = box_area + self._area - intersection
+        return tf.where(union > 0, intersection / tf.maximum(union, 1e-8), tf.zeros_like(intersection))
+
+    def _encode(self, boxes, index):
+        """box_coder.encode of boxes[index] against every anchor, from a per-box table (M rows, not N)."""
+        ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=1)
+        height, width = ymax - ymin, xmax - xmin
+        table = tf.stack([ymin + height / 2, xmin + width / 2, tf.math.log(height + box_coder.EPSILON),
+                          tf.math.log(width + box_coder.EPSILON)], axis=1)
+        y, x, log_h, log_w = tf.unstack(tf.gather(table, index), axis=1)
+        return tf.stack([(y - self._center[0]) / self._size[0], (x - self._center[1]) / self._size[1],
+                         log_h - self._log_size[0], log_w - self._log_size[1]], axis=1)
 
     def _inside_crowd(self, boxes, is_crowd):
         """Anchors with at least half of their area inside a crowd box."""

@@ -58,9 +58,19 @@ class Resample(tf.keras.layers.Layer):
             pool = (stride[0] + 1, stride[1] + 1)
             x = tf.nn.max_pool2d(x, ksize=pool, strides=stride, padding="SAME")
         elif height < target_height:
-            x = tf.cast(tf.image.resize(tf.cast(x, tf.float32), [target_height, target_width],
-                                        method=tf.image.ResizeMethod.NEAREST_NEIGHBOR), x.dtype)
+            x = upsample_nearest(x, target_height, target_width)
         return x
+
+
+def upsample_nearest(x: tf.Tensor, height: int, width: int) -> tf.Tensor:
+    """Nearest-neighbour resize to (height, width), as tf.image.resize(NEAREST) computes it, but by gathering
+    rows and columns: its gradient compiles under XLA on the CPU (ResizeNearestNeighborGrad does not)."""
+    def source(size_in, size_out):
+        return tf.minimum(tf.cast(tf.floor((tf.range(size_out, dtype=tf.float32) + 0.5) * size_in / size_out),
+                                  tf.int32), size_in - 1)
+
+    x = tf.gather(x, source(x.shape[1], height), axis=1)
+    return tf.gather(x, source(x.shape[2], width), axis=2)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Faster R-CNN box coding: boxes relative to anchors as (ty, tx, th, tw), the heads' regression targets."""
 import tensorflow as tf
 
-_EPSILON = 1e-8
+EPSILON = 1e-8
 
 
 def _centers(boxes):
@@ -14,8 +14,8 @@ def encode(boxes, anchors):
     """boxes, anchors: [..., 4] (ymin, xmin, ymax, xmax) → [..., 4] (ty, tx, th, tw)."""
     y, x, h, w = _centers(boxes)
     ya, xa, ha, wa = _centers(anchors)
-    ha, wa = ha + _EPSILON, wa + _EPSILON
-    h, w = h + _EPSILON, w + _EPSILON
+    ha, wa = ha + EPSILON, wa + EPSILON
+    h, w = h + EPSILON, w + EPSILON
     return tf.stack([(y - ya) / ha, (x - xa) / wa, tf.math.log(h / ha), tf.math.log(w / wa)], axis=-1)
 
 

@@ -98,3 +98,12 @@ def test_lite_variants_use_relu6_and_no_squeeze_excite():
     names = [v.name for v in model.variables]
     assert not any("/se/" in n for n in names)
     assert model.backbone.stem.activation is tf.nn.relu6
+
+
+@pytest.mark.parametrize("size_in, size_out", [(4, 8), (3, 5), (5, 10), (2, 3)])
+def test_upsampling_equals_tensorflows_nearest_resize(size_in, size_out):
+    from effdet.model.bifpn import upsample_nearest
+
+    x = tf.random.uniform([2, size_in, size_in + 1, 3])
+    expected = tf.image.resize(x, [size_out, size_out + 2], method="nearest")
+    np.testing.assert_array_equal(upsample_nearest(x, size_out, size_out + 2).numpy(), expected.numpy())
