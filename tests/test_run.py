@@ -49,10 +49,10 @@ def test_inspect_loads_a_checkpoint_given_as_trainer_ckpt(tmp_path):
     ("trainer.batch_size=0", ["trainer.batch_size=0", "must be ≥ 1"]),
     ("trainer.batch_size=abc", ["trainer.batch_size", "'abc'", "Integer"]),
     ("model.backbone=efficientnet-b9", ["model.backbone", "efficientnet-b7"]),
-    ("trainer.ckpt=/nonexistent/ckpt", ["no checkpoint at /nonexistent/ckpt"]),
+    ("trainer.ckpt=/nonexistent/ckpt", ["trainer.ckpt: no checkpoint at /nonexistent/ckpt"]),
 ])
 def test_config_errors_are_one_clear_message_without_a_traceback(tmp_path, override, expected):
-    result = run_cli(override, f"hydra.run.dir={tmp_path}")
+    result = run_cli(override, f"hydra.run.dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}")
     assert result.returncode != 0
     for text in expected:
         assert text in result.stderr, (text, result.stderr)

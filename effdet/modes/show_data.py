@@ -6,7 +6,6 @@ import time
 from typing import Any, Dict, List
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image, ImageDraw
 
 from effdet.data.builder import build_input, build_labeler

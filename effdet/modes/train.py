@@ -10,7 +10,8 @@ from effdet.data.builder import build_input, build_labeler
 from effdet.data.pipeline import Shard
 from effdet.data.sources import build_source
 from effdet.model.builder import build_model
-from effdet.model.checkpoint import load_weights
+from effdet.errors import CheckpointError
+from effdet.model.checkpoint import load_weights, resolve_checkpoint
 from effdet.modes.registry import MODES
 from effdet.train.builder import build_ema, build_loss, build_optimization, set_precision, steps_of
 from effdet.train.curves import plot_training_curves
@@ -22,8 +23,14 @@ log = logging.getLogger(__name__)
 
 @MODES.register("train")
 def train(cfg: Any, run_dir: str) -> Dict[str, Any]:
-    workers = init_workers()
     trainer_cfg = cfg.trainer
+    for key in ("ckpt", "backbone_ckpt"):  # a wrong path fails now, not after the dataset is built
+        if trainer_cfg[key]:
+            try:
+                resolve_checkpoint(trainer_cfg[key])
+            except CheckpointError as error:
+                raise CheckpointError(f"trainer.{key}: {error}") from None
+    workers = init_workers()
     if trainer_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(trainer_cfg.seed)
