@@ -2,7 +2,7 @@
 batches. Training and evaluation differ only in augmentation and in what they keep for scoring."""
 import os
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import tensorflow as tf
 
@@ -169,6 +169,3 @@ class InputPipeline:
         })
         return image, targets
 
-
-def image_size_tuple(image_size) -> Tuple[int, int]:
-    return (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)

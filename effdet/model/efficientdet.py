@@ -3,7 +3,7 @@
 Loss, anchors' target assignment and post-processing wrap this network (training and inference live
 elsewhere), so the network stays a pure function of the image.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -62,10 +62,6 @@ class EfficientDet(tf.keras.Model):
                                      training=training))
         features = self.fpn_cells(features, training=training)
         return self.class_net(features, training=training), self.box_net(features, training=training)
-
-    def level_outputs(self, outputs) -> Dict[int, Tuple[tf.Tensor, tf.Tensor]]:
-        class_outputs, box_outputs = outputs
-        return {self.min_level + i: (c, b) for i, (c, b) in enumerate(zip(class_outputs, box_outputs))}
 
 
 class FPNCells(tf.keras.layers.Layer):
