@@ -17,12 +17,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image_size", type=int, default=512)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=100)
+    parser.add_argument("--batches", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--num_images", type=int, default=256)
+    parser.add_argument("--no_malloc_tuning", action="store_true", help="keep glibc's default malloc settings")
     parser.add_argument("--work_dir", default=os.path.join(tempfile.gettempdir(), "effdet-bench-input"))
     args = parser.parse_args()
 
+    from effdet.hardware.host_memory import keep_large_buffers_in_heap
+
+    tuned = not args.no_malloc_tuning and keep_large_buffers_in_heap()  # as run.py does (hardware.malloc_tuning)
     import tensorflow as tf
 
     from effdet.data.convert.coco import convert_coco
@@ -49,7 +53,8 @@ def main():
     images_per_second = args.batches * args.batch_size / elapsed
     cores = len(os.sched_getaffinity(0))
     print(f"input pipeline, D0 targets at {size[0]}x{size[1]}, batch {args.batch_size}, "
-          f"{len(sizes)} JPEGs 640x480 (mean {sum(sizes) / len(sizes) / 1024:.0f} KiB)")
+          f"{len(sizes)} JPEGs 640x480 (mean {sum(sizes) / len(sizes) / 1024:.0f} KiB), "
+          f"malloc tuning {'on' if tuned else 'off'}")
     print(f"images/s: {images_per_second:.1f} on {cores} cores = {images_per_second / cores:.1f} per core "
           f"(automl: ~100 per core; target >= 150 per core)")
 

@@ -61,20 +61,43 @@ def _window(image_height, image_width, image_scale, offset_y, offset_x, out_h, o
     return window, image_scale
 
 
-def apply_window(image, boxes, window, image_scale, output_size):
-    """Resizes the cropped `image` (the window's pixels) by `image_scale`, pads it to `output_size`, and
-    moves `boxes` (pixels of the original image) along; boxes are clipped to the output."""
+DECODE_RATIOS = (1, 2, 4, 8)  # the reduced resolutions at which libjpeg decodes (DCT scaling)
+
+
+def decode_ratio(image_scale):
+    """The largest of DECODE_RATIOS at which the decoded image still has at least the output's resolution."""
+    fits = [tf.cast(image_scale * ratio <= 1.0, tf.int32) for ratio in DECODE_RATIOS[1:]]
+    return tf.gather(DECODE_RATIOS, tf.add_n(fits))
+
+
+def resize_window(image, boxes, offset, image_scale, output_size, ratio=1):
+    """Resizes `image` — the pixels of a window at `offset` (y, x) in the original image, decoded at 1/`ratio` of
+    its resolution — to `image_scale` output pixels per original pixel, at most `output_size`, and moves `boxes`
+    (pixels of the original image) along, clipped to the resized image.
+
+    The image comes back as uint8: it is what the model takes, and a quarter of float32's bytes to move."""
     out_h, out_w = output_size
-    y0, x0, window_h, window_w = tf.unstack(tf.cast(window, tf.float32))
-    resized_h = tf.minimum(tf.cast(tf.round(window_h * image_scale), tf.int32), out_h)
-    resized_w = tf.minimum(tf.cast(tf.round(window_w * image_scale), tf.int32), out_w)
-    image = tf.image.resize(image, [tf.maximum(resized_h, 1), tf.maximum(resized_w, 1)])
-    image = tf.image.pad_to_bounding_box(image, 0, 0, out_h, out_w)
-    shift = tf.stack([y0, x0, y0, x0])
-    boxes = (boxes - shift) * image_scale
+    pixel_scale = image_scale * tf.cast(ratio, tf.float32)  # output pixels per decoded pixel
+    decoded = tf.cast(tf.shape(image)[:2], tf.float32)
+    resized_h = tf.minimum(tf.cast(tf.round(decoded[0] * pixel_scale), tf.int32), out_h)
+    resized_w = tf.minimum(tf.cast(tf.round(decoded[1] * pixel_scale), tf.int32), out_w)
+    resized = tf.image.resize(image, [tf.maximum(resized_h, 1), tf.maximum(resized_w, 1)])
+    image = tf.cast(resized + 0.5, tf.uint8)  # bilinear values stay within [0, 255]; + 0.5 rounds to nearest
+    y0, x0 = tf.unstack(tf.cast(offset, tf.float32))
+    boxes = (boxes - tf.stack([y0, x0, y0, x0])) * image_scale
     limits = tf.cast(tf.stack([resized_h, resized_w, resized_h, resized_w]), tf.float32)
     boxes = tf.clip_by_value(boxes, 0.0, limits)
     return image, boxes
+
+
+def pad_image(image, output_size):
+    """Pads `image` [h, w, C] with zeros at the bottom and right to `output_size`. Two concatenations: tf.pad
+    takes several times longer on uint8 images."""
+    out_h, out_w = output_size
+    height, width, channels = tf.shape(image)[0], tf.shape(image)[1], tf.shape(image)[2]
+    image = tf.concat([image, tf.zeros([height, out_w - width, channels], image.dtype)], axis=1)
+    image = tf.concat([image, tf.zeros([out_h - height, out_w, channels], image.dtype)], axis=0)
+    return tf.ensure_shape(image, [out_h, out_w, None])
 
 
 def keep_boxes_with_area(boxes, *others, min_size: float = 1.0):

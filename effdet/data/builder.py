@@ -29,7 +29,7 @@ def build_input(data_cfg: Any, source: DataSource, labeler: AnchorLabeler, split
     if data_cfg.autoaugment_policy:
         check_policy(data_cfg.autoaugment_policy, where="data.autoaugment_policy")
     augmentation = Augmentation(data_cfg.jitter_min, data_cfg.jitter_max, data_cfg.hflip, data_cfg.grid_mask,
-                                data_cfg.autoaugment_policy)
+                                data_cfg.autoaugment_policy, data_cfg.reduced_decode)
     return InputPipeline(pattern, labeler, augmentation, max_instances=data_cfg.max_instances_per_image,
                          deterministic=data_cfg.deterministic, seed=data_cfg.seed,
                          shuffle_buffer=data_cfg.shuffle_buffer, file_pattern_key=f"data.{split}_file_pattern")

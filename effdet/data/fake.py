@@ -15,7 +15,7 @@ class FakeInput:
     def _example(self, index):
         height, width = self.labeler.image_size
         generator = tf.random.Generator.from_seed(self.seed + index)
-        image = generator.uniform([height, width, 3], 0, 255)
+        image = tf.cast(generator.uniform([height, width, 3], 0, 256, dtype=tf.int32), tf.uint8)
         corners = tf.sort(generator.uniform([self.boxes_per_image, 2, 2], 0, 1), axis=1)  # [N, (min, max), (y, x)]
         scale = tf.constant([height, width], tf.float32)
         boxes = tf.concat([corners[:, 0] * scale, corners[:, 1] * scale], axis=1)

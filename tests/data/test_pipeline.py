@@ -81,13 +81,34 @@ def test_flip_moves_a_known_box_with_the_image():
     assert out_image[20, 20, 0] == 128  # where the rectangle was is background now
 
 
+@pytest.mark.parametrize("image_scale, ratio", [(0.45, 2), (0.2, 4), (0.1, 8)])
+def test_a_jpeg_decoded_at_reduced_resolution_gives_the_image_and_boxes_of_a_full_decode(image_scale, ratio):
+    assert int(augment.decode_ratio(tf.constant(image_scale))) == ratio
+    fields = {"encoded": tf.constant(jpeg(image_with_rectangle(480, 640, (100, 200, 300, 520))))}
+    window = tf.constant([37, 51, 480 - 37, 640 - 51])  # an offset that is not a multiple of the ratio
+    results = []
+    for r in (1, ratio):
+        pixels, offset = InputPipeline._decode(fields, window, (480, 640), tf.constant(r))
+        image, boxes = augment.resize_window(pixels, tf.constant([[100.0, 200.0, 300.0, 520.0]]), offset,
+                                             tf.constant(image_scale), (256, 256), tf.constant(r))
+        results.append((image.numpy().astype(float), boxes.numpy()[0], pixels.shape))
+    (full, full_box, full_shape), (reduced, reduced_box, reduced_shape) = results
+    assert reduced_shape[0] < full_shape[0] / (ratio / 1.5)  # really decoded smaller
+    # The window snaps outwards to the ratio's grid: less than a decoded pixel more on each side.
+    assert np.abs(np.subtract(full.shape, reduced.shape)).max() <= 1
+    np.testing.assert_allclose(reduced_box, full_box, atol=0.6)
+    assert red_fraction(reduced, reduced_box) >= max(0.9, red_fraction(full, full_box) - 0.05)
+    height, width = min(full.shape[0], reduced.shape[0]), min(full.shape[1], reduced.shape[1])
+    assert np.abs(full[:height, :width] - reduced[:height, :width]).mean() < 3.0
+
+
 def test_augmented_boxes_stay_on_their_objects(rectangles):
     pipeline = InputPipeline(rectangles, labeler(128), Augmentation(jitter_min=0.5, jitter_max=1.8), seed=3,
                              deterministic=True)
     batches = pipeline.train(batch_size=4).take(6)
     checked = 0
     for images, targets in batches:
-        assert images.shape == (4, 128, 128, 3)
+        assert images.shape == (4, 128, 128, 3) and images.dtype == tf.uint8  # the model normalizes
         assert targets["cls_targets_3"].shape == (4, 16, 16, 9)
         for image in images.numpy():
             red = (image[..., 0] > 200) & (image[..., 1] < 60) & (image[..., 2] < 60)
@@ -210,3 +231,13 @@ def test_autoaugment_and_grid_mask_keep_boxes_on_their_objects(rectangles):
 
     extra = zero_fractions(True) - zero_fractions(False)  # padding is zero in both
     assert extra.min() >= 0 and extra.max() > 0.05  # some images got a grid of blanked squares
+
+
+def test_training_images_keep_their_padding_bottom_right_whether_flipped_or_not(rectangles):
+    # 120x160 at scale 0.5 of a 128 output: image scale 0.4, so the image fills 48x64 of 128x128
+    pipeline = InputPipeline(rectangles, labeler(128), Augmentation(jitter_min=0.5, jitter_max=0.5), seed=1)
+    images, _ = next(iter(pipeline.train(batch_size=8)))
+    images = images.numpy()
+    assert (images[:, 48:] == 0).all() and (images[:, :, 64:] == 0).all()
+    red_left = [(image[..., 0] > 200)[:, :32].sum() > (image[..., 0] > 200)[:, 32:64].sum() for image in images]
+    assert 0 < sum(red_left) < len(images)  # some flipped (rectangle at 40-100 of 160 is right of centre)

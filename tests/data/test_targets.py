@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from effdet.data.targets import BACKGROUND, IGNORE, AnchorLabeler, flatten_levels, pairwise_iou
+from effdet.model.box_coder import encode
 
 
 def test_pairwise_iou_by_hand():
@@ -88,3 +89,82 @@ def test_labeling_runs_inside_a_graph(num_boxes):
     boxes = tf.stack([boxes[:, 0], boxes[:, 2], boxes[:, 1], boxes[:, 3]], 1)
     labelled = tf.function(full.label)(boxes, tf.ones([num_boxes], tf.int32), tf.zeros([num_boxes], tf.bool))
     assert float(labelled["num_positives"]) >= 1
+
+
+def reference_labels(anchors, boxes, classes, is_crowd, threshold=0.5):
+    """The plain all-pairs definition, in numpy float32: what AnchorLabeler's fast path must equal."""
+    n = len(anchors)
+    a_ymin, a_xmin, a_ymax, a_xmax = (anchors[:, k][None] for k in range(4))
+    b_ymin, b_xmin, b_ymax, b_xmax = (boxes[:, k][:, None] for k in range(4))
+    height = np.maximum(np.minimum(b_ymax, a_ymax) - np.maximum(b_ymin, a_ymin), np.float32(0))
+    width = np.maximum(np.minimum(b_xmax, a_xmax) - np.maximum(b_xmin, a_xmin), np.float32(0))
+    intersection = height * width
+    box_area = np.maximum(b_ymax - b_ymin, np.float32(0)) * np.maximum(b_xmax - b_xmin, np.float32(0))
+    iou = intersection / (box_area + (a_ymax - a_ymin) * (a_xmax - a_xmin) - intersection)
+    iou[is_crowd] = -1
+    best_box = np.full(n, -1)
+    if len(boxes):
+        above = iou.max(axis=0) >= threshold
+        best_box[above] = iou.argmax(axis=0)[above]
+    return iou, best_box
+
+
+def tie_order(labeler):
+    """Rank of each anchor in (level, shape, row, column) order: how the labeler breaks an object's ties."""
+    keys, start = [], 0
+    for index, (height, width) in enumerate(labeler.level_shapes.values()):
+        shapes = labeler.anchors_per_location
+        rows, cols, shape = np.meshgrid(np.arange(height), np.arange(width), np.arange(shapes), indexing="ij")
+        keys.append(np.stack([np.full(rows.size, index), shape.ravel(), rows.ravel(), cols.ravel()], 1))
+        start += rows.size
+    keys = np.concatenate(keys)
+    return np.lexsort(keys.T[::-1]).argsort()
+
+
+@pytest.mark.parametrize("scene", range(12))
+def test_fast_labeling_equals_the_plain_all_pairs_definition(scene):
+    full = AnchorLabeler((128, 160), 3, 6, 3, [1.0, 2.0, 0.5], 4.0)
+    anchors = full.anchors.numpy()
+    rng = np.random.default_rng(scene)
+    m = [0, 1, 3, 8, 20, 35][scene % 6]
+    y0, x0 = rng.uniform(-10, 120, m), rng.uniform(-10, 150, m)
+    h = rng.uniform(1, 90, m) * rng.uniform(0.2, 1, m)
+    boxes = np.stack([y0, x0, y0 + h, x0 + h * rng.uniform(0.3, 3, m)], 1).astype(np.float32)
+    if m > 2:
+        boxes[1] = boxes[0]  # a duplicate annotation: identical IoUs, so ties everywhere
+        boxes[2] = anchors[100]  # exactly an anchor
+    classes = rng.integers(1, 6, m).astype(np.int32)
+    is_crowd = (rng.uniform(size=m) < 0.15) if scene % 2 else np.zeros(m, bool)
+    got = full.label(tf.constant(boxes.reshape(-1, 4)), tf.constant(classes), tf.constant(is_crowd))
+    cls = flatten_levels({k: v[None] for k, v in got.items()}, "cls_targets", 3, 6, 1).numpy().ravel()
+    box = flatten_levels({k: v[None] for k, v in got.items()}, "box_targets", 3, 6, 4).numpy()[0]
+
+    iou, best_box = reference_labels(anchors, boxes.reshape(-1, 4), classes, is_crowd)
+    order = tie_order(full)
+    for index in range(m):  # each usable object claims its best anchor, even below the threshold
+        if not is_crowd[index] and iou[index].max() > 0:
+            tied = np.flatnonzero(iou[index] == iou[index].max())
+            best_box[tied[np.argmin(order[tied])]] = index
+    matched = best_box >= 0
+    crowd = boxes.reshape(-1, 4)[is_crowd]
+    expected_cls = np.full(len(anchors), BACKGROUND)
+    if len(crowd):
+        inside = pairwise_intersection(anchors, crowd) / area(anchors)[:, None]
+        expected_cls[(inside >= 0.5).any(axis=1)] = IGNORE
+    expected_cls[matched] = classes[best_box[matched]] - 1
+    np.testing.assert_array_equal(cls, expected_cls)
+    expected_box = np.zeros_like(anchors)
+    if matched.any():
+        expected_box[matched] = encode(boxes[best_box[matched]], anchors[matched]).numpy()
+    np.testing.assert_allclose(box, expected_box, rtol=1e-5, atol=1e-5)
+    assert float(got["num_positives"]) == matched.sum()
+
+
+def area(boxes):
+    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+
+
+def pairwise_intersection(a, b):
+    height = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    width = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    return height * width
