@@ -1,10 +1,16 @@
 """run.py as a user runs it: one command, its printed output, its exit code and its run dir."""
 import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import yaml
 
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 
 
 def test_inspect_d0_prints_the_exact_parameter_count_and_flops(tmp_path):
@@ -94,3 +100,82 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
     log = (run_dir / "run.log").read_text()
     assert "resumed from" in log and "from step 4" in log
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [4, 6]
+
+
+def tiny_training(tmp_path, run_dir, *more):
+    return ["data.synthetic.num_train=16", "data.synthetic.num_val=4", "data.synthetic.image_size=96",
+            "model.image_size=64", "model.fpn_num_filters=8", "model.fpn_cell_repeats=1", "model.box_class_repeats=1",
+            "trainer.batch_size=4", "trainer.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}",
+            f"hydra.run.dir={run_dir}", *more]
+
+
+def start_cli(*args, log_path) -> subprocess.Popen:
+    with open(log_path, "w") as log:
+        return subprocess.Popen([sys.executable, os.path.join(REPO, "run.py"), *args], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+def wait_for_step(process, history_path, after_line, step, timeout=300):
+    """Waits until the run has recorded `step` (counting only history lines after `after_line`)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        if history_path.exists():
+            lines = history_path.read_text().splitlines()[after_line:]
+            if any(json.loads(line)["step"] >= step for line in lines if line.strip()):
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def latest_checkpoint_step(run_dir):
+    import tensorflow as tf
+
+    return int(tf.train.latest_checkpoint(str(run_dir / "checkpoints")).rsplit("-", 1)[1])
+
+
+def test_killed_then_stopped_then_finished_the_run_resumes_each_time_where_it_was(tmp_path):
+    """SIGKILL at a random step, restart: it resumes from the last checkpoint and the learning rate goes on
+    where it was. SIGTERM: it saves at that very step and exits cleanly. Restart: it finishes."""
+    run_dir = tmp_path / "run"
+    history = run_dir / "train_history.jsonl"
+    args = tiny_training(tmp_path, run_dir, "trainer.total_steps=40", "trainer.checkpoint_every_n_steps=5",
+                         "trainer.log_every_n_steps=1", "trainer.eval_after_training=false")
+    kill_at = random.Random().randint(7, 22)
+    first = start_cli(*args, log_path=tmp_path / "first.log")
+    wait_for_step(first, history, 0, kill_at)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before_kill = [json.loads(line) for line in history.read_text().splitlines()]
+    killed_at = before_kill[-1]["step"]
+    resume_at = latest_checkpoint_step(run_dir)
+    assert killed_at - 5 <= resume_at <= killed_at and resume_at % 5 == 0, (kill_at, killed_at, resume_at)
+
+    second = start_cli(*args, log_path=tmp_path / "second.log")
+    stop_at = killed_at + 3
+    wait_for_step(second, history, len(before_kill), stop_at)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=120) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    output = (tmp_path / "second.log").read_text()
+    assert f"at step {resume_at}" in output and "resumed from" in output, output[-3000:]
+    stopped = [json.loads(line) for line in history.read_text().splitlines()][len(before_kill):]
+    assert stopped[0]["step"] == resume_at + 1
+    assert "stopped by SIGTERM" in output
+    assert latest_checkpoint_step(run_dir) == stopped[-1]["step"]  # saved at the step it stopped, not before
+    # The steps trained twice (after the checkpoint, before the kill) got the same learning rate twice.
+    lr_first = {entry["step"]: entry["learning_rate"] for entry in before_kill}
+    for entry in stopped:
+        if entry["step"] in lr_first:
+            assert entry["learning_rate"] == pytest.approx(lr_first[entry["step"]], rel=1e-6)
+
+    third = run_cli(*args)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"at step {stopped[-1]['step']}" in third.stdout + third.stderr
+    assert latest_checkpoint_step(run_dir) == 40
+    steps = {json.loads(line)["step"] for line in history.read_text().splitlines()}
+    assert steps == set(range(1, 41))
+    rates = [entry["learning_rate"] for entry in sorted(
+        {json.loads(line)["step"]: json.loads(line) for line in history.read_text().splitlines()}.values(),
+        key=lambda entry: entry["step"])]
+    peak = rates.index(max(rates))
+    assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1:]))  # one cosine decay, never restarted

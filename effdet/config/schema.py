@@ -89,7 +89,7 @@ class DataConfig:
     hflip: bool = True
     grid_mask: bool = False
     autoaugment_policy: Optional[str] = None  # v0: the detection AutoAugment policy
-    # JPEGs that scale jitter shrinks ≥ 2× are decoded at 1/2, 1/4 or 1/8 resolution (libjpeg DCT scaling)
+    # JPEGs shrunk ≥ 2× (jitter, or fitting in eval) are decoded at 1/2, 1/4 or 1/8 resolution (DCT scaling)
     reduced_decode: bool = True
 
 

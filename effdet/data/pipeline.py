@@ -19,8 +19,9 @@ class Augmentation:
     hflip: bool = True
     grid_mask: bool = False
     autoaugment_policy: Optional[str] = None  # "v0": the detection AutoAugment policy (Zoph et al., 2019)
-    # Decode a JPEG that scale jitter shrinks by 2×, 4× or 8× at that reduced resolution (libjpeg's DCT
-    # scaling): a few times cheaper, and better anti-aliased than bilinear resizing from full size.
+    # Decode a JPEG that is shrunk by 2×, 4× or 8× (scale jitter in training, fitting to the input size in
+    # evaluation) at that reduced resolution (libjpeg's DCT scaling): a few times cheaper, and better
+    # anti-aliased than bilinear resizing from full size.
     reduced_decode: bool = True
 
 
@@ -134,6 +135,11 @@ class InputPipeline:
         ratio_index = tf.argmax(tf.equal(augment.DECODE_RATIOS, ratio), output_type=tf.int32)
         return tf.cond(tf.io.is_jpeg(encoded), lambda: tf.switch_case(ratio_index, decoders), other)
 
+    def _decode_ratio(self, fields, image_scale):
+        if not self.augmentation.reduced_decode:
+            return 1
+        return tf.where(tf.io.is_jpeg(fields["encoded"]), augment.decode_ratio(image_scale), 1)
+
     @staticmethod
     def _image_shape(fields):
         """(height, width) from the record, or from the encoded header when the record lacks them."""
@@ -150,9 +156,7 @@ class InputPipeline:
         aug = self.augmentation
         window, image_scale = augment.scale_jitter_crop(height, width, self.image_size, seed,
                                                         aug.jitter_min, aug.jitter_max)
-        ratio = tf.where(tf.io.is_jpeg(fields["encoded"]), augment.decode_ratio(image_scale), 1)
-        if not aug.reduced_decode:
-            ratio = 1
+        ratio = self._decode_ratio(fields, image_scale)
         image, offset = self._decode(fields, window, (height, width), ratio)
         size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
         image, boxes = augment.resize_window(image, fields["boxes"] * size, offset, image_scale, self.image_size,
@@ -174,10 +178,11 @@ class InputPipeline:
         fields = parse_fields(serialized)
         height, width = tf.unstack(self._image_shape(fields))
         window, image_scale = augment.fit_crop(height, width, self.image_size)
-        image, offset = self._decode(fields, window, (height, width))
+        ratio = self._decode_ratio(fields, image_scale)  # as in training: the model sees the same kind of pixels
+        image, offset = self._decode(fields, window, (height, width), ratio)
         size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
         original_boxes = fields["boxes"] * size
-        image, boxes = augment.resize_window(image, original_boxes, offset, image_scale, self.image_size)
+        image, boxes = augment.resize_window(image, original_boxes, offset, image_scale, self.image_size, ratio)
         image = augment.pad_image(image, self.image_size)
         kept_boxes, classes, is_crowd = augment.keep_boxes_with_area(boxes, fields["classes"], fields["is_crowd"])
         targets = self.labeler.label(kept_boxes, classes, is_crowd)

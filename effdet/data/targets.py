@@ -42,8 +42,8 @@ class AnchorLabeler:
 
     Labeling runs once per training image on the CPU, so it is written for speed: on a level, an anchor's
     vertical extent depends only on its row and shape and its horizontal extent only on its column and
-    shape, so the overlaps of M boxes with a level's H×W×A anchors are an outer product of [M, H, A] and
-    [M, W, A] tables, and only matched anchors are box-encoded. Every IoU is computed with the same float
+    shape, so the overlaps of M boxes with a level's A×H×W anchors are an outer product of [M, A, H] and
+    [M, A, W] tables, and only matched anchors are box-encoded. Every IoU is computed with the same float
     operations as a plain all-pairs IoU, so matches are identical to it. Ties for an object's best anchor go to
     the first in (level, shape, row, column) order.
     """

@@ -2,7 +2,8 @@
 import json
 import logging
 import os
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List
 
 import tensorflow as tf
 
@@ -21,8 +22,22 @@ from effdet.train.trainer import Trainer, TrainSettings
 log = logging.getLogger(__name__)
 
 
-@MODES.register("train")
-def train(cfg: Any, run_dir: str) -> Dict[str, Any]:
+@dataclass
+class Training:
+    """Everything a training job is made of, built from the config and ready to `fit`."""
+
+    trainer: Trainer
+    dataset_at: Callable[[int], tf.data.Dataset]  # this worker's batches from a given step
+    model: tf.keras.Model
+    source: Any
+    labeler: Any
+    workers: Any
+    start_step: int
+
+
+def build_training(cfg: Any, run_dir: str) -> Training:
+    """Config → model, optimizer, EMA, trainer (resumed from the run dir's checkpoint, or initialised from
+    trainer.ckpt / trainer.backbone_ckpt) and input pipeline."""
     trainer_cfg = cfg.trainer
     for key in ("ckpt", "backbone_ckpt"):  # a wrong path fails now, not after the dataset is built
         if trainer_cfg[key]:
@@ -64,21 +79,38 @@ def train(cfg: Any, run_dir: str) -> Dict[str, Any]:
              cfg.model.name, source.name, total_steps, steps_per_epoch, global_batch, workers.size, start)
     pipeline = build_input(cfg.data, source, labeler, "train")
     shard = Shard(workers.rank, workers.size)
-    summary = trainer.fit(lambda step: pipeline.train(trainer_cfg.batch_size, shard,
-                                                      start_example=step * trainer_cfg.batch_size))
+
+    def dataset_at(step):
+        return pipeline.train(trainer_cfg.batch_size, shard, start_example=step * trainer_cfg.batch_size)
+
+    return Training(trainer, dataset_at, model, source, labeler, workers, start)
+
+
+@MODES.register("train")
+def train(cfg: Any, run_dir: str) -> Dict[str, Any]:
+    job = build_training(cfg, run_dir)
+    trainer, workers = job.trainer, job.workers
+    summary = trainer.fit(job.dataset_at)
     result = {"train": summary}
-    if workers.is_chief:
-        plot_training_curves(trainer.history, os.path.join(run_dir, "training_curves.png"))
-        _append_history(trainer.history, os.path.join(run_dir, "train_history.jsonl"))
-    if trainer_cfg.eval_after_training and not summary["stopped_early"] and source.val_file_pattern:
+    if workers.is_chief:  # the whole run's curves, across resumes
+        plot_training_curves(read_history(trainer.history_path), os.path.join(run_dir, "training_curves.png"))
+    if cfg.trainer.eval_after_training and not summary["stopped_early"] and job.source.val_file_pattern:
         from effdet.eval.evaluate import evaluate_and_record
 
         with trainer.ema.swap():
-            result["eval"] = evaluate_and_record(cfg, model, source, labeler, workers, run_dir, summary["step"])
+            result["eval"] = evaluate_and_record(cfg, job.model, job.source, job.labeler, workers, run_dir,
+                                                 summary["step"])
     return result
 
 
-def _append_history(history, path):
-    with open(path, "a") as handle:
-        for entry in history:
-            handle.write(json.dumps(entry) + "\n")
+def read_history(path: str) -> List[Dict[str, float]]:
+    """train_history.jsonl in step order. Steps trained again after a crash keep their latest record."""
+    if not os.path.exists(path):
+        return []
+    by_step = {}
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                entry = json.loads(line)
+                by_step[entry["step"]] = entry
+    return [by_step[step] for step in sorted(by_step)]

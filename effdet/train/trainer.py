@@ -1,5 +1,6 @@
 """The training loop: EfficientDet's recipe (clipping, weight decay, EMA) on any number of Horovod workers,
 with checkpoints that survive crashes, automatic resume, and a guard against non-finite losses."""
+import json
 import logging
 import math
 import os
@@ -53,6 +54,8 @@ class Trainer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
                                                   max_to_keep=settings.keep_checkpoint_max, checkpoint_name="ckpt")
         self.history: List[Dict[str, float]] = []
+        # One JSON line per recorded step, written as training goes: a killed run keeps its curves up to the kill.
+        self.history_path = os.path.join(run_dir, "train_history.jsonl")
         self._stop_requested: Optional[str] = None
         self._loop = self._build_loop()
 
@@ -112,7 +115,12 @@ class Trainer:
             losses, gradients = forward_backward(images, targets)
             gradients = self.workers.average_gradients(gradients)
             gradients, norm = tf.clip_by_global_norm(gradients, settings.clip_gradient_norm)
-            finite = tf.logical_and(tf.math.is_finite(losses["total_loss"]), tf.math.is_finite(norm))
+            if settings.loss_scaling:
+                # Overflowing float16 gradients are the loss scale's business, not a diverged run: the
+                # LossScaleOptimizer skips that update itself and lowers its scale.
+                finite = tf.math.is_finite(losses["total_loss"])
+            else:
+                finite = tf.logical_and(tf.math.is_finite(losses["total_loss"]), tf.math.is_finite(norm))
 
             def apply():
                 self.optimizer.apply_gradients(zip(gradients, variables))
@@ -208,6 +216,9 @@ class Trainer:
         if self.learning_rate is not None:
             entry["learning_rate"] = float(self.learning_rate(step))
         self.history.append(entry)
+        if self.workers.is_chief:
+            with open(self.history_path, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
         with writer.as_default(step=step):
             for key, value in entry.items():
                 if key != "step":
