@@ -104,13 +104,19 @@ def train(cfg: Any, run_dir: str) -> Dict[str, Any]:
 
 
 def read_history(path: str) -> List[Dict[str, float]]:
-    """train_history.jsonl in step order. Steps trained again after a crash keep their latest record."""
+    """train_history.jsonl in step order. Steps trained again after a crash keep their latest record; a line
+    cut short by a kill is left out (and reported)."""
     if not os.path.exists(path):
         return []
-    by_step = {}
+    by_step, broken = {}, 0
     with open(path) as handle:
         for line in handle:
-            if line.strip():
+            try:
                 entry = json.loads(line)
-                by_step[entry["step"]] = entry
+            except json.JSONDecodeError:
+                broken += bool(line.strip())
+                continue
+            by_step[entry["step"]] = entry
+    if broken:
+        log.warning("%s: %d line(s) cut short by an interrupted run were left out", path, broken)
     return [by_step[step] for step in sorted(by_step)]
