@@ -32,7 +32,6 @@ class Training:
     source: Any
     labeler: Any
     workers: Any
-    start_step: int
 
 
 def build_training(cfg: Any, run_dir: str) -> Training:
@@ -83,7 +82,7 @@ def build_training(cfg: Any, run_dir: str) -> Training:
     def dataset_at(step):
         return pipeline.train(trainer_cfg.batch_size, shard, start_example=step * trainer_cfg.batch_size)
 
-    return Training(trainer, dataset_at, model, source, labeler, workers, start)
+    return Training(trainer, dataset_at, model, source, labeler, workers)
 
 
 @MODES.register("train")
