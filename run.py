@@ -16,6 +16,7 @@ from omegaconf import DictConfig  # noqa: E402
 from effdet.config import register_schema, validate  # noqa: E402
 from effdet.config.preflight import check_group_choices  # noqa: E402
 from effdet.errors import EffdetError  # noqa: E402
+from effdet.tensorflow_env import choose_onednn  # noqa: E402
 
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
 CONF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conf")
@@ -25,6 +26,7 @@ register_schema()
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
     try:
+        choose_onednn(cfg.hardware.onednn)  # first: TensorFlow reads it once, when it loads
         validate(cfg)
         from effdet.hardware import setup_hardware
         from effdet.modes import MODES

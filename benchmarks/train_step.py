@@ -29,17 +29,21 @@ def measure(config: str, args) -> dict:
     from hydra import compose, initialize_config_dir
 
     from effdet.config import register_schema, validate
-    from effdet.hardware import setup_hardware
+    from effdet.tensorflow_env import choose_onednn
 
     precision, _, xla = config.partition("+")
     register_schema()
     overrides = [f"model={args.model}", "data=fake", f"model.image_size={args.image_size}",
                  f"trainer.batch_size={args.batch_size}", f"trainer.precision={PRECISIONS[precision]}",
                  f"trainer.xla={'true' if xla else 'false'}", "trainer.progress_bar=false",
-                 "trainer.log_every_n_steps=100000", "trainer.checkpoint_every_n_steps=100000"]
+                 "trainer.log_every_n_steps=100000", "trainer.checkpoint_every_n_steps=100000",
+                 *args.override]
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
+    choose_onednn(cfg.hardware.onednn)  # before TensorFlow loads, as run.py does
     validate(cfg)
+    from effdet.hardware import setup_hardware
+
     setup_hardware(cfg.hardware)
     from effdet.modes.train import build_training
 
@@ -56,7 +60,8 @@ def measure(config: str, args) -> dict:
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"config": config, "images_per_second": round(summary["images_per_second"], 2),
             "seconds_per_step": round(summary["seconds"] / args.steps, 3),
-            "first_steps_seconds": round(warmup_seconds, 1), "peak_rss_gb": round(peak_kib / 2 ** 20, 2)}
+            "first_steps_seconds": round(warmup_seconds, 1), "peak_rss_gb": round(peak_kib / 2 ** 20, 2),
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "1"}
 
 
 def main():
@@ -68,6 +73,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--override", action="append", default=[],
+                        help="a Hydra override for every config, e.g. --override hardware.malloc_tuning=false")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config in this process
     args = parser.parse_args()
     if args.one:
@@ -77,9 +84,10 @@ def main():
     cores = len(os.sched_getaffinity(0))
     print(f"{args.model} at {args.image_size}x{args.image_size}, batch {args.batch_size}, data=fake, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {cores} cores")
-    print(f"{'config':<10} {'images/s':>9} {'s/step':>7} {'warm-up s':>10} {'peak RSS GB':>12}")
+    print(f"{'config':<10} {'images/s':>9} {'s/step':>7} {'warm-up s':>10} {'peak RSS GB':>12} {'oneDNN':>7}")
     for config in args.configs.split(","):
         passed = [f"--{key}={getattr(args, key)}" for key in ("model", "image_size", "batch_size", "steps", "warmup")]
+        passed += [f"--override={override}" for override in args.override]
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", config, *passed],
                                capture_output=True, text=True)
         lines = [line for line in child.stdout.splitlines() if line.startswith("RESULT ")]
@@ -88,7 +96,8 @@ def main():
             continue
         r = json.loads(lines[-1][len("RESULT "):])
         print(f"{config:<10} {r['images_per_second']:>9.2f} {r['seconds_per_step']:>7.2f} "
-              f"{r['first_steps_seconds']:>10.1f} {r['peak_rss_gb']:>12.2f}", flush=True)
+              f"{r['first_steps_seconds']:>10.1f} {r['peak_rss_gb']:>12.2f} {'on' if r['onednn'] else 'off':>7}",
+              flush=True)
     print("reference: automl Keras D0 fp32 2.6 images/s, 8.2 GB peak; targets: >= 4 images/s fp32, <= 4 GB")
 
 

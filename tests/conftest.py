@@ -7,6 +7,7 @@ from typing import Dict, List
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the kernels run.py chooses by default (hardware.onednn)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF_DIR = os.path.join(REPO, "conf")
@@ -43,10 +44,10 @@ def compose(overrides=()):
         return hydra_compose(config_name="config", overrides=list(overrides))
 
 
-def run_cli(*args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+def run_cli(*args, cwd=None, timeout=600, env=None) -> subprocess.CompletedProcess:
     """Runs `python run.py args...` as a user would, capturing its output."""
     return subprocess.run([sys.executable, os.path.join(REPO, "run.py"), *args], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture

@@ -48,6 +48,15 @@ def test_inspect_loads_a_checkpoint_given_as_trainer_ckpt(tmp_path):
     assert "class head not loaded" in result.stdout  # 90 classes → 6
 
 
+@pytest.mark.parametrize("onednn, state", [("true", "on"), ("false", "off")])
+def test_hardware_onednn_chooses_tensorflows_cpu_kernels_before_it_loads(tmp_path, onednn, state):
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}  # as in a user's shell
+    result = run_cli("mode=inspect", "model=efficientdet-lite0", "model.image_size=64", f"hardware.onednn={onednn}",
+                     f"hydra.run.dir={tmp_path}", env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"oneDNN kernels {state}" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("override, expected", [
     ("model=efficientdet-d9", ["unknown model 'efficientdet-d9'", "efficientdet-d0", "efficientdet-lite4",
                                "Did you mean"]),

@@ -100,6 +100,8 @@ class HardwareConfig:
     inter_op_threads: int = non_negative(0)
     # glibc: keep megabyte buffers in malloc's heap instead of a fresh mmap each (input pipeline ~1.15× faster)
     malloc_tuning: bool = True
+    # TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS), which TF 2.15 leaves off on CPUs without AVX-512
+    onednn: bool = True
 
 
 @dataclass
@@ -111,6 +113,7 @@ class LossConfig:
     box_loss_weight: float = field(default=50.0, metadata={"min": 0.0})
     iou_loss_type: Optional[str] = None  # iou | giou
     iou_loss_weight: float = field(default=1.0, metadata={"min": 0.0})
+    jit_compile: bool = True  # XLA fuses the focal loss's forward and backward passes into one loop each
 
 
 @dataclass

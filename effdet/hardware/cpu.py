@@ -1,3 +1,4 @@
+import logging
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -5,12 +6,15 @@ import tensorflow as tf
 from effdet.errors import ConfigError
 from effdet.hardware.registry import HARDWARE
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class DeviceSetup:
     device: str
     intra_op_threads: int
     inter_op_threads: int
+    onednn: bool
 
 
 @HARDWARE.register("cpu")
@@ -22,8 +26,18 @@ def setup_cpu(intra_op_threads: int = 0, inter_op_threads: int = 0) -> DeviceSet
                  tf.config.threading.set_intra_op_parallelism_threads)
     _set_threads("inter_op_threads", inter_op_threads, tf.config.threading.get_inter_op_parallelism_threads,
                  tf.config.threading.set_inter_op_parallelism_threads)
-    return DeviceSetup("cpu", tf.config.threading.get_intra_op_parallelism_threads(),
-                       tf.config.threading.get_inter_op_parallelism_threads())
+    setup = DeviceSetup("cpu", tf.config.threading.get_intra_op_parallelism_threads(),
+                        tf.config.threading.get_inter_op_parallelism_threads(), onednn_enabled())
+    log.info("cpu: %s intra-op threads, %s inter-op threads (0: one per core), oneDNN kernels %s",
+             setup.intra_op_threads, setup.inter_op_threads, "on" if setup.onednn else "off")
+    return setup
+
+
+def onednn_enabled() -> bool:
+    """Whether this TensorFlow runs its oneDNN kernels (hardware.onednn, TF_ENABLE_ONEDNN_OPTS)."""
+    from tensorflow.python.util import _pywrap_util_port  # TensorFlow's own answer; no public API has it
+
+    return bool(_pywrap_util_port.IsMklEnabled())
 
 
 def _set_threads(key, wanted, get, set_):

@@ -53,4 +53,4 @@ def build_loss(loss_cfg: Any, model_cfg: Any, num_classes: int, anchors, sum_ove
                          alpha=loss_cfg.alpha, gamma=loss_cfg.gamma, label_smoothing=loss_cfg.label_smoothing,
                          delta=loss_cfg.delta, box_loss_weight=loss_cfg.box_loss_weight,
                          iou_loss_type=loss_cfg.iou_loss_type, iou_loss_weight=loss_cfg.iou_loss_weight,
-                         sum_over_workers=sum_over_workers)
+                         sum_over_workers=sum_over_workers, jit_compile=loss_cfg.jit_compile)
