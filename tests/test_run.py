@@ -109,6 +109,22 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
     log = (run_dir / "run.log").read_text()
     assert "resumed from" in log and "from step 4" in log
     assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [4, 6]
+    assert (run_dir / "ap_over_steps.png").exists()
+    after_training = json.loads((run_dir / "eval" / "step_6" / "detections.json").read_text())
+    assert after_training and set(after_training[0]) == {"image_id", "category_id", "bbox", "score"}
+
+    # mode=eval on the run dir: the checkpoint's averaged weights detect exactly what they did after training
+    evaluated = run_cli(*tiny[:-1], "mode=eval", f"eval.ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "AP50" in evaluated.stdout
+    details = tmp_path / "eval" / "eval" / "step_6"
+    assert json.loads((details / "detections.json").read_text()) == after_training
+    assert (details / "per_class_ap.csv").read_text().splitlines()[0] == "class,AP"
+    assert json.loads((tmp_path / "eval" / "metrics.jsonl").read_text())["step"] == 6
+    raw = run_cli(*tiny[:-1], "mode=eval", f"eval.ckpt={run_dir}", "eval.use_ema=false",
+                  f"hydra.run.dir={tmp_path / 'raw'}")
+    assert raw.returncode == 0, raw.stderr[-3000:]
+    assert json.loads((tmp_path / "raw" / "eval" / "step_6" / "detections.json").read_text()) != after_training
 
 
 def tiny_training(tmp_path, run_dir, *more):

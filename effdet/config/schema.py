@@ -159,6 +159,8 @@ class EvalConfig:
     soft_nms_sigma: float = field(default=0.5, metadata={"min": 0.0})
     score_threshold: float = fraction(0.001)
     max_detections: int = positive(100)
+    ckpt: Optional[str] = None  # mode=eval: a checkpoint, a checkpoint dir or a run dir (default: this run dir's)
+    use_ema: bool = True  # evaluate the exponential moving average of the weights, as automl does
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Runs a model over the val split and scores it with COCO metrics; records the result in the run dir."""
+import csv
 import json
 import logging
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -32,7 +33,9 @@ def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, ev
     return detect
 
 
-def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any) -> Dict[str, Any]:
+def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
+             detections_path: Optional[str] = None) -> Dict[str, Any]:
+    """COCO metrics of `model` on the val split; the detections go to `detections_path` (COCO results JSON)."""
     if not source.val_json_file:
         raise ValueError(f"data '{source.name}' has no val_json_file (COCO-format ground truth) to score against")
     evaluator = CocoEvaluator(source.val_json_file)
@@ -42,25 +45,37 @@ def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, e
         detections = detect(images, batch["image_scale"], batch["original_size"])
         evaluator.add({k: v.numpy() for k, v in detections.items()}, batch["source_id"].numpy())
     metrics = evaluator.evaluate()
+    if detections_path:
+        evaluator.write_results(detections_path)
     return {"metrics": metrics, "per_class_ap": evaluator.per_class_ap(), "summary_text": evaluator.summary_text,
             "num_images": len(evaluator.seen_images)}
 
 
 def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabeler, workers: Workers,
                         run_dir: str, step: int) -> Dict[str, Any]:
-    """Evaluates on rank 0 (the other workers wait) and appends the metrics to metrics.jsonl."""
+    """Evaluates on rank 0 (the other workers wait). Appends the metrics to metrics.jsonl and TensorBoard,
+    redraws ap_over_steps.png, and keeps this evaluation's detections and per-class AP under eval/step_N/."""
     result = {}
     if workers.is_chief:
-        result = evaluate(model, source, labeler, cfg.data, cfg.eval)
+        details_dir = os.path.join(run_dir, "eval", f"step_{step}")
+        os.makedirs(details_dir, exist_ok=True)
+        result = evaluate(model, source, labeler, cfg.data, cfg.eval,
+                          detections_path=os.path.join(details_dir, "detections.json"))
         metrics = result["metrics"]
         record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}
-        with open(os.path.join(run_dir, "metrics.jsonl"), "a") as handle:
+        with open(os.path.join(details_dir, "metrics.json"), "w") as handle:
+            json.dump({"step": step, "num_images": result["num_images"], **metrics}, handle, indent=1)
+        write_per_class_ap(result["per_class_ap"], os.path.join(details_dir, "per_class_ap.csv"))
+        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        with open(metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        plot_ap_over_steps(read_metrics(metrics_path), os.path.join(run_dir, "ap_over_steps.png"))
         with tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")).as_default(step=step):
             for key, value in record.items():
                 if key != "step":
                     tf.summary.scalar(f"eval/{key}", value)
         log.info("COCO evaluation at step %d on %d images:\n%s", step, result["num_images"], result["summary_text"])
+        log.info("AP per class (IoU .50:.95):\n%s", per_class_table(result["per_class_ap"]))
         print(format_metrics(record))
     workers.barrier()
     return result
@@ -68,3 +83,52 @@ def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabe
 
 def format_metrics(record: Dict[str, float]) -> str:
     return "  ".join(f"{key} {record[key]:.3f}" for key in RECORDED) + f"  (step {record['step']})"
+
+
+def per_class_table(per_class_ap: Dict[str, float]) -> str:
+    """Classes by AP, best first; '-' for a class without ground truth in the evaluated images."""
+    ranked = sorted(per_class_ap.items(), key=lambda item: -item[1])
+    width = max([len(name) for name in per_class_ap] + [5])
+    return "\n".join(f"{name:<{width}}  {ap:.3f}" if ap >= 0 else f"{name:<{width}}  -" for name, ap in ranked)
+
+
+def write_per_class_ap(per_class_ap: Dict[str, float], path: str) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", "AP"])
+        for name, ap in per_class_ap.items():
+            writer.writerow([name, "" if ap < 0 else f"{ap:.6f}"])
+
+
+def read_metrics(path: str) -> List[Dict[str, float]]:
+    """metrics.jsonl in step order; a step evaluated twice keeps its latest record."""
+    by_step = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            for line in handle:
+                if line.strip():
+                    record = json.loads(line)
+                    by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def plot_ap_over_steps(records: List[Dict[str, float]], path: str) -> None:
+    if not records:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    steps = [record["step"] for record in records]
+    for key in ("AP", "AP50", "AP75", "AR100"):
+        axis.plot(steps, [record[key] for record in records], marker="o", markersize=3, linewidth=1, label=key)
+    axis.set_xlabel("step")
+    axis.set_ylim(0, 1)
+    axis.grid(alpha=0.3)
+    axis.legend(loc="upper left", fontsize=8)
+    axis.set_title("COCO metrics over training")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

@@ -1,0 +1,84 @@
+"""mode=eval: COCO metrics of a checkpoint (ours, with its EMA weights by default, or automl's)."""
+import logging
+import os
+import re
+from typing import Any, Dict
+
+import tensorflow as tf
+
+from effdet.data.builder import build_labeler
+from effdet.data.sources import build_source
+from effdet.errors import CheckpointError, ConfigError
+from effdet.eval.evaluate import evaluate_and_record
+from effdet.model.builder import build_model
+from effdet.model.checkpoint import OBJECT_GRAPH_KEY, load_weights, resolve_checkpoint
+from effdet.modes.registry import MODES
+from effdet.train.builder import build_ema
+from effdet.train.distributed import Workers
+
+log = logging.getLogger(__name__)
+
+
+@MODES.register("eval")
+def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
+    source = build_source(cfg.data)
+    if not source.val_file_pattern or not source.val_json_file:
+        raise ConfigError(f"data '{source.name}' has no val split with COCO ground truth (val_file_pattern and "
+                          "val_json_file) to evaluate on")
+    labeler = build_labeler(cfg.model)
+    model = build_model(cfg.model, source.num_classes)
+    where = cfg.eval.ckpt or run_dir
+    try:
+        prefix = checkpoint_of(where)
+    except CheckpointError as error:
+        raise CheckpointError(f"eval.ckpt={where}: {error}") from None
+    step = restore_for_evaluation(model, prefix, use_ema=cfg.eval.use_ema)
+    log.info("evaluating %s (%s weights, step %d)", prefix, "EMA" if cfg.eval.use_ema else "raw", step)
+    return {"eval": evaluate_and_record(cfg, model, source, labeler, Workers(), run_dir, step), "step": step,
+            "checkpoint": prefix}
+
+
+def checkpoint_of(path: str) -> str:
+    """A checkpoint prefix from a prefix, a directory of checkpoints, or a run dir (its checkpoints/)."""
+    path = os.path.expanduser(str(path))
+    run_checkpoints = os.path.join(path, "checkpoints")
+    if os.path.isdir(run_checkpoints) and not os.path.exists(os.path.join(path, "checkpoint")):
+        return resolve_checkpoint(run_checkpoints)
+    return resolve_checkpoint(path)
+
+
+def restore_for_evaluation(model: tf.keras.Model, prefix: str, use_ema: bool = True) -> int:
+    """Loads a checkpoint into `model` for evaluation and returns its training step.
+
+    Our training checkpoints hold the weights and their moving average: `use_ema` puts the average in the
+    model. automl's TF1 checkpoints go through the name-based loader, which prefers their
+    `ExponentialMovingAverage` values when `use_ema`.
+    """
+    reader = tf.train.load_checkpoint(prefix)
+    names = reader.get_variable_to_shape_map()
+    step = _step_of(prefix, reader, names)
+    has_ema = any(name.startswith("ema/") for name in names)
+    if OBJECT_GRAPH_KEY not in names or not has_ema:
+        if OBJECT_GRAPH_KEY in names and use_ema:
+            log.warning("%s holds no moving average of the weights: evaluating its raw weights", prefix)
+        log.info(load_weights(model, prefix, prefer_ema=use_ema).summary())
+        return step
+    ema = build_ema(model, decay=0.0)  # the decay plays no part: the averages are read, not updated
+    try:
+        status = tf.train.Checkpoint(model=model, ema=ema).read(prefix)
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.InvalidArgumentError) as error:
+        raise CheckpointError(f"{prefix} does not fit this model (another variant or num_classes?): "
+                              f"{str(error).splitlines()[0][:300]}") from None
+    status.expect_partial()  # the optimizer's state is training's business
+    if use_ema:
+        ema.copy_to()
+    return step
+
+
+def _step_of(prefix: str, reader, names) -> int:
+    for key in ("step/.ATTRIBUTES/VARIABLE_VALUE", "global_step"):
+        if key in names:
+            return int(reader.get_tensor(key))
+    number = re.search(r"-(\d+)$", prefix)
+    return int(number.group(1)) if number else 0
