@@ -94,10 +94,11 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
             "model.image_size=64", "model.fpn_num_filters=8", "model.fpn_cell_repeats=1", "model.box_class_repeats=1",
             "trainer.batch_size=4", "trainer.log_every_n_steps=2", "trainer.checkpoint_every_n_steps=2",
             "trainer.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
-    first = run_cli(*tiny, "trainer.total_steps=4")
+    # 4 steps per epoch: train_and_eval evaluates every half epoch, at steps 2 and 4
+    first = run_cli(*tiny, "trainer.total_steps=4", "mode=train_and_eval", "eval.every_n_epochs=0.5")
     assert first.returncode == 0, first.stderr[-3000:]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[-1]["step"] == 4
+    assert [m["step"] for m in metrics] == [2, 4]
     assert set(metrics[-1]) == {"step", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"}
     assert "AP50" in first.stdout
     for artifact in ("training_curves.png", "train_history.jsonl", "checkpoints/checkpoint", ".hydra/config.yaml"):
@@ -108,7 +109,7 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     log = (run_dir / "run.log").read_text()
     assert "resumed from" in log and "from step 4" in log
-    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [4, 6]
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [2, 4, 6]
     assert (run_dir / "ap_over_steps.png").exists()
     after_training = json.loads((run_dir / "eval" / "step_6" / "detections.json").read_text())
     assert after_training and set(after_training[0]) == {"image_id", "category_id", "bbox", "score"}
@@ -121,9 +122,11 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
     assert json.loads((details / "detections.json").read_text()) == after_training
     assert (details / "per_class_ap.csv").read_text().splitlines()[0] == "class,AP"
     assert json.loads((tmp_path / "eval" / "metrics.jsonl").read_text())["step"] == 6
-    raw = run_cli(*tiny[:-1], "mode=eval", f"eval.ckpt={run_dir}", "eval.use_ema=false",
-                  f"hydra.run.dir={tmp_path / 'raw'}")
+    # continuously, on the finished run: its last step is evaluated at once, and that ends the watch
+    raw = run_cli(*tiny[:-1], "mode=eval", f"eval.ckpt={run_dir}", "eval.use_ema=false", "eval.continuous=true",
+                  "eval.timeout=600", f"hydra.run.dir={tmp_path / 'raw'}")
     assert raw.returncode == 0, raw.stderr[-3000:]
+    assert "step 6 is the run's last" in (tmp_path / "raw" / "run.log").read_text()
     assert json.loads((tmp_path / "raw" / "eval" / "step_6" / "detections.json").read_text()) != after_training
 
 

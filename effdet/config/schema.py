@@ -159,6 +159,10 @@ class EvalConfig:
     soft_nms_sigma: float = field(default=0.5, metadata={"min": 0.0})
     score_threshold: float = fraction(0.001)
     max_detections: int = positive(100)
+    every_n_epochs: float = field(default=1.0, metadata={"min": 0.0})  # mode=train_and_eval
+    continuous: bool = False  # mode=eval: evaluate each new checkpoint of a run dir as training writes it
+    min_interval: float = field(default=180.0, metadata={"min": 0.0})  # seconds between continuous evaluations
+    timeout: float = field(default=3600.0, metadata={"min": 0.0})  # stop after so long without a new checkpoint
     ckpt: Optional[str] = None  # mode=eval: a checkpoint, a checkpoint dir or a run dir (default: this run dir's)
     use_ema: bool = True  # evaluate the exponential moving average of the weights, as automl does
 

@@ -1,8 +1,11 @@
-"""mode=eval: COCO metrics of a checkpoint (ours, with its EMA weights by default, or automl's)."""
+"""mode=eval: COCO metrics of a checkpoint (ours, with its EMA weights by default, or automl's), once or
+continuously as a training run writes new ones."""
+import json
 import logging
 import os
 import re
-from typing import Any, Dict
+import time
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -13,6 +16,7 @@ from effdet.eval.evaluate import evaluate_and_record
 from effdet.model.builder import build_model
 from effdet.model.checkpoint import OBJECT_GRAPH_KEY, load_weights, resolve_checkpoint
 from effdet.modes.registry import MODES
+from effdet.modes.train import TRAINING_PLAN
 from effdet.train.builder import build_ema
 from effdet.train.distributed import Workers
 
@@ -28,14 +32,72 @@ def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
     labeler = build_labeler(cfg.model)
     model = build_model(cfg.model, source.num_classes)
     where = cfg.eval.ckpt or run_dir
+
+    def evaluate(prefix: str) -> int:
+        step = restore_for_evaluation(model, prefix, use_ema=cfg.eval.use_ema)
+        log.info("evaluating %s (%s weights, step %d)", prefix, "EMA" if cfg.eval.use_ema else "raw", step)
+        evaluate_and_record(cfg, model, source, labeler, Workers(), run_dir, step)
+        return step
+
+    if cfg.eval.continuous:
+        final_step = planned_total_steps(where)
+        log.info("watching %s for new checkpoints%s", where, f" until step {final_step}" if final_step else "")
+        evaluated = watch_checkpoints(lambda: latest_checkpoint_in(where), evaluate, cfg.eval.min_interval,
+                                      cfg.eval.timeout, final_step)
+        return {"evaluated": evaluated}
     try:
         prefix = checkpoint_of(where)
     except CheckpointError as error:
         raise CheckpointError(f"eval.ckpt={where}: {error}") from None
-    step = restore_for_evaluation(model, prefix, use_ema=cfg.eval.use_ema)
-    log.info("evaluating %s (%s weights, step %d)", prefix, "EMA" if cfg.eval.use_ema else "raw", step)
-    return {"eval": evaluate_and_record(cfg, model, source, labeler, Workers(), run_dir, step), "step": step,
-            "checkpoint": prefix}
+    return {"evaluated": [(prefix, evaluate(prefix))]}
+
+
+def watch_checkpoints(latest: Callable[[], Optional[str]], evaluate: Callable[[str], int], min_interval: float,
+                      timeout: float, final_step: Optional[int] = None, poll: float = 1.0,
+                      clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep
+                      ) -> List[Tuple[str, int]]:
+    """Evaluates the newest checkpoint each time there is a new one (checkpoints that come and go between two
+    looks are skipped, as automl's evaluator skips them), at least `min_interval` seconds apart. Ends once
+    `final_step` is evaluated, or `timeout` seconds after the last new checkpoint (or the start)."""
+    evaluated: List[Tuple[str, int]] = []
+    done = set()
+    last_new = clock()
+    last_start = None
+    while True:
+        prefix = latest()
+        if prefix is not None and prefix not in done:
+            if last_start is not None and clock() - last_start < min_interval:
+                sleep(min(poll, min_interval - (clock() - last_start)))
+                continue
+            last_start = clock()
+            step = evaluate(prefix)
+            done.add(prefix)
+            evaluated.append((prefix, step))
+            last_new = clock()
+            if final_step is not None and step >= final_step:
+                log.info("step %d is the run's last: continuous evaluation ends", step)
+                return evaluated
+            continue
+        if clock() - last_new >= timeout:
+            log.info("no new checkpoint for %.0f s: continuous evaluation ends", timeout)
+            return evaluated
+        sleep(poll)
+
+
+def latest_checkpoint_in(path: str) -> Optional[str]:
+    """The newest complete checkpoint under a run dir or a checkpoint dir, or None (yet)."""
+    path = os.path.expanduser(str(path))
+    directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+    return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+
+
+def planned_total_steps(path: str) -> Optional[int]:
+    """The last step of the training run in `path`, from its training_plan.json (None when unknown)."""
+    plan = os.path.join(os.path.expanduser(str(path)), TRAINING_PLAN)
+    if not os.path.exists(plan):
+        return None
+    with open(plan) as handle:
+        return int(json.load(handle)["total_steps"])
 
 
 def checkpoint_of(path: str) -> str:

@@ -3,7 +3,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import tensorflow as tf
 
@@ -11,7 +11,7 @@ from effdet.data.builder import build_input, build_labeler
 from effdet.data.pipeline import Shard
 from effdet.data.sources import build_source
 from effdet.model.builder import build_model
-from effdet.errors import CheckpointError
+from effdet.errors import CheckpointError, ConfigError
 from effdet.model.checkpoint import load_weights, resolve_checkpoint
 from effdet.modes.registry import MODES
 from effdet.train.builder import build_ema, build_loss, build_optimization, set_precision, steps_of
@@ -20,6 +20,7 @@ from effdet.train.distributed import init_workers
 from effdet.train.trainer import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
+TRAINING_PLAN = "training_plan.json"  # {"total_steps", "steps_per_epoch"} of the run, for its evaluators
 
 
 @dataclass
@@ -87,19 +88,57 @@ def build_training(cfg: Any, run_dir: str) -> Training:
 
 @MODES.register("train")
 def train(cfg: Any, run_dir: str) -> Dict[str, Any]:
+    """Trains; evaluates at the end when trainer.eval_after_training."""
+    return _train(cfg, run_dir, eval_every_n_epochs=None, eval_at_end=cfg.trainer.eval_after_training)
+
+
+@MODES.register("train_and_eval")
+def train_and_eval(cfg: Any, run_dir: str) -> Dict[str, Any]:
+    """Trains and evaluates every eval.every_n_epochs epochs and at the end."""
+    return _train(cfg, run_dir, eval_every_n_epochs=cfg.eval.every_n_epochs, eval_at_end=True)
+
+
+def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at_end: bool) -> Dict[str, Any]:
     job = build_training(cfg, run_dir)
-    trainer, workers = job.trainer, job.workers
-    summary = trainer.fit(job.dataset_at)
-    result = {"train": summary}
-    if workers.is_chief:  # the whole run's curves, across resumes
-        plot_training_curves(read_history(trainer.history_path), os.path.join(run_dir, "training_curves.png"))
-    if cfg.trainer.eval_after_training and not summary["stopped_early"] and job.source.val_file_pattern:
+    trainer, workers, settings = job.trainer, job.workers, job.trainer.settings
+    can_evaluate = bool(job.source.val_file_pattern and job.source.val_json_file)
+    if eval_every_n_epochs and not can_evaluate:
+        raise ConfigError(f"mode=train_and_eval: data '{job.source.name}' has no val split with COCO ground truth "
+                          "(val_file_pattern and val_json_file); use mode=train")
+    if workers.is_chief:  # what a continuous evaluation of this run dir waits for
+        with open(os.path.join(run_dir, TRAINING_PLAN), "w") as handle:
+            json.dump({"total_steps": settings.total_steps, "steps_per_epoch": settings.steps_per_epoch}, handle)
+
+    def evaluate(step):
         from effdet.eval.evaluate import evaluate_and_record
 
         with trainer.ema.swap():
-            result["eval"] = evaluate_and_record(cfg, job.model, job.source, job.labeler, workers, run_dir,
-                                                 summary["step"])
+            return evaluate_and_record(cfg, job.model, job.source, job.labeler, workers, run_dir, step)
+
+    result, seconds, start = {}, 0.0, int(trainer.step)
+    for stop in evaluation_steps(start, settings.total_steps, settings.steps_per_epoch, eval_every_n_epochs):
+        summary = trainer.fit(job.dataset_at, until=stop)
+        seconds += summary["seconds"]
+        if summary["stopped_early"]:
+            break
+        if stop < settings.total_steps:
+            result["eval"] = evaluate(stop)
+    summary.update(seconds=seconds, images_per_second=(summary["step"] - start) * settings.batch_size *
+                   workers.size / max(seconds, 1e-9))
+    result["train"] = summary
+    if workers.is_chief:  # the whole run's curves, across resumes
+        plot_training_curves(read_history(trainer.history_path), os.path.join(run_dir, "training_curves.png"))
+    if eval_at_end and not summary["stopped_early"] and can_evaluate:
+        result["eval"] = evaluate(summary["step"])
     return result
+
+
+def evaluation_steps(start: int, total: int, steps_per_epoch: int, every_n_epochs: Optional[float]) -> List[int]:
+    """The steps after `start` at which training pauses for an evaluation, ending with `total`."""
+    if not every_n_epochs:
+        return [total]
+    every = max(1, int(round(every_n_epochs * steps_per_epoch)))
+    return list(range((start // every + 1) * every, total, every)) + [total]
 
 
 def read_history(path: str) -> List[Dict[str, float]]:

@@ -152,9 +152,12 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------------------
 
-    def fit(self, dataset_at: Callable[[int], tf.data.Dataset]) -> Dict[str, float]:
-        """Trains until settings.total_steps. `dataset_at(step)` gives this worker's batches from that step."""
+    def fit(self, dataset_at: Callable[[int], tf.data.Dataset], until: Optional[int] = None) -> Dict[str, float]:
+        """Trains until settings.total_steps, or until step `until` (a checkpoint is written there: an evaluation
+        between two calls sees the weights it evaluates on disk). `dataset_at(step)` gives this worker's batches
+        from that step."""
         settings = self.settings
+        stop_at = settings.total_steps if until is None else min(until, settings.total_steps)
         start_step = int(self.step)
         iterator = iter(dataset_at(start_step))
         writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard")) \
@@ -164,8 +167,8 @@ class Trainer:
         last_log = (time.perf_counter(), start_step)
         started = time.perf_counter()
         try:
-            while int(self.step) < settings.total_steps:
-                steps = min(settings.steps_per_loop, settings.total_steps - int(self.step),
+            while int(self.step) < stop_at:
+                steps = min(settings.steps_per_loop, stop_at - int(self.step),
                             self._steps_to_next_boundary())
                 losses = {k: float(v) for k, v in self._loop(iterator, tf.constant(steps)).items()}
                 step = int(self.step)
@@ -177,7 +180,7 @@ class Trainer:
                     progress.set_postfix(loss=f"{losses['total_loss']:.3f}", refresh=False)
                 if step % settings.log_every_n_steps == 0 or step == settings.total_steps:
                     last_log = self._log(step, losses, last_log, started, start_step)
-                if step % settings.checkpoint_every_n_steps == 0 or step == settings.total_steps:
+                if step % settings.checkpoint_every_n_steps == 0 or step == stop_at:
                     self.save()
                 if self.workers.agree(self._stop_requested is not None):
                     path = self.save()
@@ -191,7 +194,7 @@ class Trainer:
             writer.flush()
         elapsed = time.perf_counter() - started
         trained = int(self.step) - start_step
-        return {"step": int(self.step), "stopped_early": int(self.step) < settings.total_steps,
+        return {"step": int(self.step), "stopped_early": int(self.step) < stop_at,
                 "skipped_steps": int(self.skipped_steps), "seconds": elapsed,
                 "images_per_second": trained * settings.batch_size * self.workers.size / max(elapsed, 1e-9)}
 

@@ -1,5 +1,7 @@
 """mode=eval's restore: our checkpoints with their moving average (or not), automl-style ones, wrong ones."""
 import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +11,8 @@ from effdet.errors import CheckpointError
 from effdet.eval.evaluate import per_class_table, plot_ap_over_steps, read_metrics
 from effdet.model.builder import build_model
 from effdet.model.checkpoint import export_name_based
-from effdet.modes.evaluation import checkpoint_of, restore_for_evaluation
+from effdet.modes.evaluation import checkpoint_of, latest_checkpoint_in, restore_for_evaluation, watch_checkpoints
+from effdet.modes.train import evaluation_steps
 from effdet.train.builder import build_ema
 from tests.conftest import compose
 
@@ -76,3 +79,71 @@ def test_metrics_history_and_its_plot(tmp_path):
     assert (tmp_path / "ap.png").stat().st_size > 5000
     assert per_class_table({"circle": 0.5, "square": -1.0, "triangle": 0.7}).splitlines() == [
         "triangle  0.700", "circle    0.500", "square    -"]
+
+
+@pytest.mark.parametrize("start, total, per_epoch, every, expected", [
+    (0, 10, 3, 1.0, [3, 6, 9, 10]), (4, 10, 3, 1.0, [6, 9, 10]), (0, 10, 4, 0.5, [2, 4, 6, 8, 10]),
+    (0, 10, 3, None, [10]), (0, 9, 3, 1.0, [3, 6, 9]), (9, 9, 3, 1.0, [9])])
+def test_train_and_eval_pauses_every_n_epochs_and_at_the_end(start, total, per_epoch, every, expected):
+    assert evaluation_steps(start, total, per_epoch, every) == expected
+
+
+def write_checkpoints_over_time(directory, steps, pause):
+    """A stand-in for a training run: a checkpoint every `pause` seconds, in a thread."""
+    variable = tf.Variable(0.0)
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=variable), str(directory), 10, checkpoint_name="ckpt")
+
+    def run():
+        for step in steps:
+            time.sleep(pause)
+            variable.assign(float(step))
+            manager.save(checkpoint_number=step)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def step_of(prefix):
+    return int(prefix.rsplit("-", 1)[1])
+
+
+def test_continuous_evaluation_follows_a_run_and_ends_at_its_last_step(tmp_path):
+    writer = write_checkpoints_over_time(tmp_path / "checkpoints", [2, 4, 6], pause=0.4)
+    started = time.monotonic()
+    evaluated = watch_checkpoints(lambda: latest_checkpoint_in(str(tmp_path)), step_of, min_interval=0.0,
+                                  timeout=30.0, final_step=6, poll=0.05)
+    writer.join()
+    steps = [step for _, step in evaluated]
+    assert steps == [2, 4, 6]  # each once, as they appeared, and the last one ends the loop
+    assert time.monotonic() - started < 10
+
+
+def test_continuous_evaluation_stops_after_the_timeout_without_new_checkpoints(tmp_path):
+    writer = write_checkpoints_over_time(tmp_path, [1], pause=0.2)
+    started = time.monotonic()
+    evaluated = watch_checkpoints(lambda: latest_checkpoint_in(str(tmp_path)), step_of, min_interval=0.0,
+                                  timeout=1.0, poll=0.05)
+    writer.join()
+    assert [step for _, step in evaluated] == [1]
+    assert 1.0 <= time.monotonic() - started < 5
+
+
+def test_continuous_evaluations_are_min_interval_apart():
+    now = [0.0]
+    # A new checkpoint every 10 s of (simulated) time; evaluations take 1 s and must be 25 s apart.
+    latest = lambda: f"ckpt-{int(now[0] // 10) * 10}" if now[0] < 60 else "ckpt-60"  # noqa: E731
+    starts = []
+
+    def evaluate(prefix):
+        starts.append(now[0])
+        now[0] += 1.0
+        return step_of(prefix)
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    evaluated = watch_checkpoints(latest, evaluate, min_interval=25.0, timeout=100.0, final_step=60, poll=1.0,
+                                  clock=lambda: now[0], sleep=sleep)
+    assert all(b - a >= 25.0 for a, b in zip(starts, starts[1:]))
+    assert evaluated[-1][1] == 60 and len(evaluated) == len({prefix for prefix, _ in evaluated})
