@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import yaml
 
@@ -127,6 +128,35 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
                   "eval.timeout=600", f"hydra.run.dir={tmp_path / 'raw'}")
     assert raw.returncode == 0, raw.stderr[-3000:]
     assert "step 6 is the run's last" in (tmp_path / "raw" / "run.log").read_text()
+
+    # mode=infer on image files of any size and format; an unreadable one is reported and skipped
+    from PIL import Image, ImageDraw
+
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name, size in (("wide.jpg", (150, 90)), ("tall.png", (70, 110))):
+        picture = Image.new("RGB", size, (30, 30, 30))
+        ImageDraw.Draw(picture).ellipse([10, 10, 60, 60], fill=(220, 40, 40))
+        picture.save(pictures / name)
+    (pictures / "notes.jpg").write_text("not an image")
+    inferred = run_cli(*tiny[:-1], "mode=infer", f"infer.input='{pictures}/*.jpg,{pictures / 'tall.png'}'",  # quoted, as in a shell
+                       f"infer.ckpt={run_dir}", "infer.draw_threshold=0.0", f"hydra.run.dir={tmp_path / 'infer'}")
+    assert inferred.returncode == 0, inferred.stderr[-3000:]
+    out = tmp_path / "infer" / "detections"
+    assert sorted(p.name for p in out.iterdir()) == ["tall.json", "tall.png", "wide.json", "wide.png"]
+    assert "skipped" in (tmp_path / "infer" / "run.log").read_text()
+    assert "notes.jpg" in (tmp_path / "infer" / "run.log").read_text()
+    for name, (width, height) in (("wide", (150, 90)), ("tall", (70, 110))):
+        record = json.loads((out / f"{name}.json").read_text())
+        assert (record["width"], record["height"], record["step"]) == (width, height, 6)
+        assert record["detections"], name
+        for detection in record["detections"]:
+            xmin, ymin, xmax, ymax = detection["box"]
+            assert 0 <= xmin <= xmax <= width and 0 <= ymin <= ymax <= height  # in the original's pixels
+            assert detection["class"] in ("circle", "square", "triangle", "star", "ring", "cross")
+        annotated = np.asarray(Image.open(out / f"{name}.png"))
+        original = np.asarray(Image.open(next(pictures.glob(name + ".*"))).convert("RGB"))
+        assert annotated.shape == original.shape and (annotated != original).any()  # boxes drawn on it
     assert json.loads((tmp_path / "raw" / "eval" / "step_6" / "detections.json").read_text()) != after_training
 
 

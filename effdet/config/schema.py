@@ -168,6 +168,16 @@ class EvalConfig:
 
 
 @dataclass
+class InferConfig:
+    input: Optional[str] = None  # image paths and globs, comma-separated
+    ckpt: Optional[str] = None  # a checkpoint, a checkpoint dir or a run dir
+    use_ema: bool = True
+    batch_size: int = positive(8)
+    draw_threshold: float = fraction(0.3)  # the annotated images show detections scoring at least this
+    output_dir: Optional[str] = None  # default: <run dir>/detections
+
+
+@dataclass
 class Config:
     mode: str = registered("train", "effdet.modes:MODES")
     model: ModelConfig = MISSING
@@ -176,6 +186,7 @@ class Config:
     trainer: TrainerConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     eval: EvalConfig = MISSING
+    infer: InferConfig = field(default_factory=InferConfig)
 
 
 def register_schema() -> None:

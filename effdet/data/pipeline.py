@@ -2,7 +2,7 @@
 batches. Training and evaluation differ only in augmentation and in what they keep for scoring."""
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
@@ -200,3 +200,20 @@ class InputPipeline:
         })
         return image, targets
 
+
+
+def inference_example(encoded: tf.Tensor, image_size: Tuple[int, int], reduced_decode: bool = True):
+    """An encoded image (JPEG, PNG, BMP or GIF; any size) → the model's uint8 input, as evaluation prepares it
+    (resized to fit, padded bottom-right), its scale (input pixels per original pixel) and (height, width)."""
+    fields = {"encoded": encoded}
+    is_jpeg = tf.io.is_jpeg(encoded)
+    shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(encoded)[:2],
+                    lambda: tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))[:2])
+    height, width = tf.unstack(shape)
+    window, image_scale = augment.fit_crop(height, width, image_size)
+    ratio = tf.where(is_jpeg, augment.decode_ratio(image_scale), 1) if reduced_decode else 1
+    image, offset = InputPipeline._decode(fields, window, (height, width), ratio)
+    image, _ = augment.resize_window(image, tf.zeros([0, 4]), offset, image_scale, image_size, ratio)
+    image = augment.pad_image(image, image_size)
+    image.set_shape([*image_size, 3])
+    return image, image_scale, tf.stack([height, width])
