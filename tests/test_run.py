@@ -157,6 +157,17 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
         annotated = np.asarray(Image.open(out / f"{name}.png"))
         original = np.asarray(Image.open(next(pictures.glob(name + ".*"))).convert("RGB"))
         assert annotated.shape == original.shape and (annotated != original).any()  # boxes drawn on it
+
+    # mode=export: a SavedModel that takes uint8 images and returns detections, with the class names beside it
+    exported = run_cli(*tiny[:-1], "mode=export", f"export.ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'export'}")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(tmp_path / "export" / "saved_model")).signatures["serving_default"]
+    served = serve(images=tf.constant(np.asarray(Image.open(pictures / "tall.png"))[None]))
+    assert int(served["num_detections"][0]) == len(json.loads((out / "tall.json").read_text())["detections"])
+    labels = json.loads((tmp_path / "export" / "saved_model" / "labels.json").read_text())
+    assert labels["1"] == "circle" and len(labels) == 6
     assert json.loads((tmp_path / "raw" / "eval" / "step_6" / "detections.json").read_text()) != after_training
 
 

@@ -178,6 +178,14 @@ class InferConfig:
 
 
 @dataclass
+class ExportConfig:
+    ckpt: Optional[str] = None  # a checkpoint, a checkpoint dir or a run dir
+    use_ema: bool = True
+    output_dir: Optional[str] = None  # default: <run dir>/saved_model
+    tflite: bool = False  # also <output dir>/../model.tflite (float32)
+
+
+@dataclass
 class Config:
     mode: str = registered("train", "effdet.modes:MODES")
     model: ModelConfig = MISSING
@@ -187,6 +195,7 @@ class Config:
     optimizer: OptimizerConfig = MISSING
     eval: EvalConfig = MISSING
     infer: InferConfig = field(default_factory=InferConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
 
 def register_schema() -> None:

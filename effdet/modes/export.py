@@ -1,0 +1,90 @@
+"""mode=export: a TF SavedModel that takes uint8 images and returns detections, pre- and post-processing
+inside; optionally a float32 TFLite model of it."""
+import json
+import logging
+import os
+from typing import Any, Dict, Tuple
+
+import tensorflow as tf
+
+from effdet.data import augment
+from effdet.data.builder import build_labeler
+from effdet.data.sources import build_source
+from effdet.errors import CheckpointError, ConfigError
+from effdet.eval.postprocess import postprocess
+from effdet.model.builder import build_model, image_size_of
+from effdet.modes.evaluation import checkpoint_of, restore_for_evaluation
+from effdet.modes.registry import MODES
+
+log = logging.getLogger(__name__)
+
+
+class Detector(tf.Module):
+    """images [B, H, W, 3] uint8 (one size per batch, any size) → boxes [B, D, 4] (ymin, xmin, ymax, xmax in the
+    images' pixels), scores [B, D], classes [B, D] (dataset ids) and num_detections [B]."""
+
+    def __init__(self, model: tf.keras.Model, anchors, num_classes: int, image_size: Tuple[int, int], eval_cfg: Any):
+        super().__init__(name="effdet_detector")
+        self.model = model
+        self.anchors = tf.constant(anchors)
+        self.num_classes = num_classes
+        self.image_size = tuple(image_size)
+        self.settings = dict(max_detections=eval_cfg.max_detections, score_threshold=eval_cfg.score_threshold,
+                             nms=eval_cfg.nms, iou_threshold=eval_cfg.iou_threshold,
+                             soft_nms_sigma=eval_cfg.soft_nms_sigma)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serve(self, images):
+        batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+        # The same arithmetic as evaluation's input pipeline (fit, bilinear resize, round, pad bottom-right).
+        _, image_scale = augment.fit_crop(height, width, self.image_size)
+        out_h, out_w = self.image_size
+        resized_h = tf.minimum(tf.cast(tf.round(tf.cast(height, tf.float32) * image_scale), tf.int32), out_h)
+        resized_w = tf.minimum(tf.cast(tf.round(tf.cast(width, tf.float32) * image_scale), tf.int32), out_w)
+        resized = tf.image.resize(images, [tf.maximum(resized_h, 1), tf.maximum(resized_w, 1)])
+        pixels = tf.cast(resized + 0.5, tf.uint8)
+        pixels = tf.pad(pixels, [[0, 0], [0, out_h - tf.shape(pixels)[1]], [0, out_w - tf.shape(pixels)[2]], [0, 0]])
+        pixels = tf.ensure_shape(pixels, [None, out_h, out_w, 3])
+        class_outputs, box_outputs = self.model(pixels, training=False)
+        return postprocess(class_outputs, box_outputs, self.anchors, tf.fill([batch], image_scale), self.num_classes,
+                           original_sizes=tf.tile([[height, width]], [batch, 1]), **self.settings)
+
+
+@MODES.register("export")
+def export(cfg: Any, run_dir: str) -> Dict[str, Any]:
+    export_cfg = cfg.export
+    if not export_cfg.ckpt:
+        raise ConfigError("mode=export needs export.ckpt: a checkpoint, a directory of checkpoints or a run dir")
+    try:
+        prefix = checkpoint_of(export_cfg.ckpt)
+    except CheckpointError as error:
+        raise CheckpointError(f"export.ckpt={export_cfg.ckpt}: {error}") from None
+    source = build_source(cfg.data)
+    labeler = build_labeler(cfg.model)
+    model = build_model(cfg.model, source.num_classes)
+    step = restore_for_evaluation(model, prefix, use_ema=export_cfg.use_ema)
+    detector = Detector(model, labeler.anchors, source.num_classes, image_size_of(cfg.model), cfg.eval)
+    output_dir = export_cfg.output_dir or os.path.join(run_dir, "saved_model")
+    tf.saved_model.save(detector, output_dir, signatures={"serving_default": detector.serve})
+    with open(os.path.join(output_dir, "labels.json"), "w") as handle:  # class id → name, for the model's users
+        json.dump({str(i): source.class_name(i) for i in range(1, source.num_classes + 1)}, handle, indent=1)
+    log.info("SavedModel of %s (step %d, %s weights) in %s", prefix, step, "EMA" if export_cfg.use_ema else "raw",
+             output_dir)
+    print(f"SavedModel: {output_dir} (signature serving_default: images uint8 [B, H, W, 3] → boxes, scores, "
+          "classes, num_detections)")
+    result = {"saved_model": output_dir, "step": step}
+    if export_cfg.tflite:
+        result["tflite"] = export_tflite(output_dir, os.path.join(os.path.dirname(output_dir.rstrip("/")),
+                                                                  "model.tflite"))
+        print(f"TFLite (float32): {result['tflite']}")
+    return result
+
+
+def export_tflite(saved_model_dir: str, path: str) -> str:
+    """A float32 TFLite model of the SavedModel. NMS and the other post-processing ops that TFLite lacks run
+    as TensorFlow ops (the Flex delegate, built into the TensorFlow pip package)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    with open(path, "wb") as handle:
+        handle.write(converter.convert())
+    return path
