@@ -164,6 +164,7 @@ class EvalConfig:
     min_interval: float = field(default=180.0, metadata={"min": 0.0})  # seconds between continuous evaluations
     timeout: float = field(default=3600.0, metadata={"min": 0.0})  # stop after so long without a new checkpoint
     ckpt: Optional[str] = None  # mode=eval: a checkpoint, a checkpoint dir or a run dir (default: this run dir's)
+    testdev_dir: Optional[str] = None  # mode=eval: write unscored detections there, for COCO test-dev submission
     use_ema: bool = True  # evaluate the exponential moving average of the weights, as automl does
 
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from effdet.data.builder import build_input
 from effdet.data.sources import DataSource
 from effdet.data.targets import AnchorLabeler
-from effdet.eval.coco_metrics import CocoEvaluator
+from effdet.eval.coco_metrics import CocoEvaluator, detections_to_coco_rows, image_id_of
 from effdet.eval.postprocess import postprocess
 from effdet.train.distributed import Workers
 
@@ -49,6 +49,25 @@ def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, e
         evaluator.write_results(detections_path)
     return {"metrics": metrics, "per_class_ap": evaluator.per_class_ap(), "summary_text": evaluator.summary_text,
             "num_images": len(evaluator.seen_images)}
+
+
+def write_testdev_detections(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
+                             directory: str) -> Dict[str, Any]:
+    """Detections on the val split without scoring them (COCO test-dev has no public ground truth): a COCO
+    results JSON to submit, named as the evaluation server expects."""
+    detect = detector(model, labeler, source.num_classes, eval_cfg)
+    pipeline = build_input(data_cfg, source, labeler, "val")
+    rows, images = [], set()
+    for batch_images, batch in pipeline.eval(eval_cfg.batch_size, max_examples=eval_cfg.samples):
+        detections = detect(batch_images, batch["image_scale"], batch["original_size"])
+        source_ids = batch["source_id"].numpy()
+        rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, source_ids))
+        images.update(image_id_of(source_id) for source_id in source_ids)
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, "detections_test-dev2017_effdet_results.json")
+    with open(path, "w") as handle:
+        json.dump(rows, handle)
+    return {"path": path, "num_images": len(images), "num_detections": len(rows)}
 
 
 def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabeler, workers: Workers,

@@ -10,13 +10,14 @@ NORMALIZATIONS = Registry("batch norm kind")
 @ACTIVATIONS.register("swish")
 @tf.custom_gradient
 def swish(x):
-    """x·σ(x). tf.nn.silu's gradient also computes the gradient of its β, a full-size pass of five more
-    ops for a constant; this one recomputes σ(x) (keeping only x, as silu does) and stops there."""
+    """x·σ(x), computed by tf.nn.silu (which oneDNN fuses, and which FLOP counts match automl's with). Its
+    gradient also computes the gradient of silu's β, a full-size pass of five more ops for a constant; this
+    one recomputes σ(x) (keeping only x, as silu does) and stops there."""
     def gradient(upstream):
         sigmoid = tf.sigmoid(x)
         return upstream * (sigmoid * (1.0 + x * (1.0 - sigmoid)))
 
-    return x * tf.sigmoid(x), gradient
+    return tf.nn.silu(x), gradient
 
 
 ACTIVATIONS.register("relu")(tf.nn.relu)

@@ -12,7 +12,7 @@ import tensorflow as tf
 from effdet.data.builder import build_labeler
 from effdet.data.sources import build_source
 from effdet.errors import CheckpointError, ConfigError
-from effdet.eval.evaluate import evaluate_and_record
+from effdet.eval.evaluate import evaluate_and_record, write_testdev_detections
 from effdet.model.builder import build_model
 from effdet.model.checkpoint import OBJECT_GRAPH_KEY, load_weights, resolve_checkpoint
 from effdet.modes.registry import MODES
@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 @MODES.register("eval")
 def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
     source = build_source(cfg.data)
+    if cfg.eval.testdev_dir:
+        return _testdev(cfg, source, cfg.eval.ckpt or run_dir)
     if not source.val_file_pattern or not source.val_json_file:
         raise ConfigError(f"data '{source.name}' has no val split with COCO ground truth (val_file_pattern and "
                           "val_json_file) to evaluate on")
@@ -50,6 +52,23 @@ def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
     except CheckpointError as error:
         raise CheckpointError(f"eval.ckpt={where}: {error}") from None
     return {"evaluated": [(prefix, evaluate(prefix))]}
+
+
+def _testdev(cfg: Any, source, where: str) -> Dict[str, Any]:
+    """Test-dev: detections of the val split's images (no ground truth needed), written for submission."""
+    if not source.val_file_pattern:
+        raise ConfigError(f"eval.testdev_dir: data '{source.name}' has no val_file_pattern (the test-dev images)")
+    try:
+        prefix = checkpoint_of(where)
+    except CheckpointError as error:
+        raise CheckpointError(f"eval.ckpt={where}: {error}") from None
+    model = build_model(cfg.model, source.num_classes)
+    step = restore_for_evaluation(model, prefix, use_ema=cfg.eval.use_ema)
+    written = write_testdev_detections(model, source, build_labeler(cfg.model), cfg.data, cfg.eval,
+                                       cfg.eval.testdev_dir)
+    print(f"test-dev detections of {written['num_images']} images ({written['num_detections']} detections, "
+          f"step {step}): {written['path']}")
+    return {"testdev": written, "step": step}
 
 
 def watch_checkpoints(latest: Callable[[], Optional[str]], evaluate: Callable[[str], int], min_interval: float,
