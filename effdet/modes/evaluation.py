@@ -47,10 +47,7 @@ def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
         evaluated = watch_checkpoints(lambda: latest_checkpoint_in(where), evaluate, cfg.eval.min_interval,
                                       cfg.eval.timeout, final_step)
         return {"evaluated": evaluated}
-    try:
-        prefix = checkpoint_of(where)
-    except CheckpointError as error:
-        raise CheckpointError(f"eval.ckpt={where}: {error}") from None
+    prefix = checkpoint_of(where, key="eval.ckpt")
     return {"evaluated": [(prefix, evaluate(prefix))]}
 
 
@@ -58,10 +55,7 @@ def _testdev(cfg: Any, source, where: str) -> Dict[str, Any]:
     """Test-dev: detections of the val split's images (no ground truth needed), written for submission."""
     if not source.val_file_pattern:
         raise ConfigError(f"eval.testdev_dir: data '{source.name}' has no val_file_pattern (the test-dev images)")
-    try:
-        prefix = checkpoint_of(where)
-    except CheckpointError as error:
-        raise CheckpointError(f"eval.ckpt={where}: {error}") from None
+    prefix = checkpoint_of(where, key="eval.ckpt")
     model = build_model(cfg.model, source.num_classes)
     step = restore_for_evaluation(model, prefix, use_ema=cfg.eval.use_ema)
     written = write_testdev_detections(model, source, build_labeler(cfg.model), cfg.data, cfg.eval,
@@ -119,13 +113,19 @@ def planned_total_steps(path: str) -> Optional[int]:
         return int(json.load(handle)["total_steps"])
 
 
-def checkpoint_of(path: str) -> str:
-    """A checkpoint prefix from a prefix, a directory of checkpoints, or a run dir (its checkpoints/)."""
-    path = os.path.expanduser(str(path))
-    run_checkpoints = os.path.join(path, "checkpoints")
-    if os.path.isdir(run_checkpoints) and not os.path.exists(os.path.join(path, "checkpoint")):
-        return resolve_checkpoint(run_checkpoints)
-    return resolve_checkpoint(path)
+def checkpoint_of(path: str, key: Optional[str] = None) -> str:
+    """A checkpoint prefix from a prefix, a directory of checkpoints, or a run dir (its checkpoints/). An error
+    names the config `key` the path came from."""
+    expanded = os.path.expanduser(str(path))
+    run_checkpoints = os.path.join(expanded, "checkpoints")
+    try:
+        if os.path.isdir(run_checkpoints) and not os.path.exists(os.path.join(expanded, "checkpoint")):
+            return resolve_checkpoint(run_checkpoints)
+        return resolve_checkpoint(expanded)
+    except CheckpointError as error:
+        if key is None:
+            raise
+        raise CheckpointError(f"{key}={path}: {error}") from None
 
 
 def restore_for_evaluation(model: tf.keras.Model, prefix: str, use_ema: bool = True) -> int:

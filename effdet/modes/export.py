@@ -10,7 +10,7 @@ import tensorflow as tf
 from effdet.data import augment
 from effdet.data.builder import build_labeler
 from effdet.data.sources import build_source
-from effdet.errors import CheckpointError, ConfigError
+from effdet.errors import ConfigError
 from effdet.eval.postprocess import postprocess
 from effdet.model.builder import build_model, image_size_of
 from effdet.modes.evaluation import checkpoint_of, restore_for_evaluation
@@ -55,10 +55,7 @@ def export(cfg: Any, run_dir: str) -> Dict[str, Any]:
     export_cfg = cfg.export
     if not export_cfg.ckpt:
         raise ConfigError("mode=export needs export.ckpt: a checkpoint, a directory of checkpoints or a run dir")
-    try:
-        prefix = checkpoint_of(export_cfg.ckpt)
-    except CheckpointError as error:
-        raise CheckpointError(f"export.ckpt={export_cfg.ckpt}: {error}") from None
+    prefix = checkpoint_of(export_cfg.ckpt, key="export.ckpt")
     source = build_source(cfg.data)
     labeler = build_labeler(cfg.model)
     model = build_model(cfg.model, source.num_classes)

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from effdet.data.builder import build_labeler
 from effdet.data.pipeline import inference_example
 from effdet.data.sources import build_source
-from effdet.errors import CheckpointError, ConfigError
+from effdet.errors import ConfigError
 from effdet.eval.evaluate import detector
 from effdet.model.builder import build_model, image_size_of
 from effdet.modes.evaluation import checkpoint_of, restore_for_evaluation
@@ -37,10 +37,7 @@ def infer(cfg: Any, run_dir: str) -> Dict[str, Any]:
     if not paths:
         raise ConfigError(f"infer.input={infer_cfg.input}: no readable image"
                           + (f" ({len(unreadable)} unreadable)" if unreadable else " matches"))
-    try:
-        prefix = checkpoint_of(infer_cfg.ckpt)
-    except CheckpointError as error:
-        raise CheckpointError(f"infer.ckpt={infer_cfg.ckpt}: {error}") from None
+    prefix = checkpoint_of(infer_cfg.ckpt, key="infer.ckpt")
 
     source = build_source(cfg.data)
     labeler = build_labeler(cfg.model)
