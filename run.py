@@ -1,7 +1,8 @@
 """effdet's single entry point: `python run.py [mode=...] [group=option ...] [key=value ...]`.
 
-See README.md. Each job: check the config → prepare the hardware → run the mode, which writes its
-artifacts under the job's output dir (Hydra's run dir, with the composed config in .hydra/).
+See README.md. Each job: check the config → start the workers it asks for (or be one of them) → prepare the
+hardware → run the mode, which writes its artifacts under the job's one output dir (Hydra's run dir, with the
+composed config in .hydra/; only rank 0 writes).
 """
 import logging
 import os
@@ -11,11 +12,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's start-up
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from effdet.config import register_schema, validate  # noqa: E402
 from effdet.config.preflight import check_group_choices  # noqa: E402
 from effdet.errors import EffdetError  # noqa: E402
+from effdet.hardware import check_hardware, setup_hardware  # noqa: E402
+from effdet.hardware.launch import check_mode_workers, launch_workers, needs_launch, worker_overrides  # noqa: E402
+from effdet.provenance import write_run_info  # noqa: E402
+from effdet.sweep import FailedJob  # noqa: E402
 from effdet.tensorflow_env import choose_onednn  # noqa: E402
 
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
@@ -28,14 +34,35 @@ def main(cfg: DictConfig):
     try:
         choose_onednn(cfg.hardware.onednn)  # first: TensorFlow reads it once, when it loads
         validate(cfg)
-        from effdet.hardware import setup_hardware
+        check_hardware(cfg.hardware)
+        check_mode_workers(cfg.mode, cfg.hardware)
+        hydra_cfg = HydraConfig.get()
+        run_dir = hydra_cfg.runtime.output_dir
+        if hydra_cfg.output_subdir is not None:  # the process that wrote .hydra/: one per job, never a rank > 0
+            typed = sys.argv[1:] if hydra_cfg.mode == RunMode.RUN else list(hydra_cfg.overrides.task)  # a sweep's job
+            write_run_info(run_dir, typed, list(hydra_cfg.overrides.task))
+        if needs_launch(cfg.hardware):  # this process starts the workers, which run the job
+            return launch_workers(cfg.hardware, run_dir, list(hydra_cfg.overrides.task))
+        if cfg.hardware.dry_run:
+            print("dry run (hardware.dry_run=true): one worker, in this process; nothing started")
+            return None
         from effdet.modes import MODES
+        from effdet.train.distributed import init_workers
 
         setup_hardware(cfg.hardware)
+        run_dir = init_workers().share(run_dir)  # every worker writes into (and resumes from) rank 0's
         run_mode = MODES.get(cfg.mode, where="mode")
-        return run_mode(cfg, run_dir=HydraConfig.get().runtime.output_dir)
-    except EffdetError as error:
-        print(f"error: {error}", file=sys.stderr)
+        return run_mode(cfg, run_dir=run_dir)
+    except Exception as error:  # in a sweep, a failed job is a row of its summary and the other jobs go on
+        in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+        if isinstance(error, EffdetError):
+            print(f"error: {error}", file=sys.stderr)
+        elif in_sweep:
+            logging.getLogger("run").exception("this job failed")
+        else:
+            raise
+        if in_sweep:
+            return FailedJob(error)
         sys.exit(2)
 
 
@@ -44,4 +71,5 @@ if __name__ == "__main__":
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    sys.argv += worker_overrides(sys.argv[1:])
     main()

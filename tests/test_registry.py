@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import tensorflow as tf
 
@@ -70,11 +72,15 @@ def test_every_normalization_and_activation_builds():
         assert ACTIVATIONS.get(name)(tf.constant([-1.0, 7.0])).shape == (2,)
 
 
-def test_every_hardware_backend_sets_up():
+def test_every_hardware_backend_has_a_config_file_and_the_cpu_one_sets_up():
     from effdet.hardware import HARDWARE
+    from tests.conftest import CONF_DIR, compose
 
-    for name in HARDWARE:
-        assert HARDWARE.get(name)().device == name
+    files = sorted(name[:-5] for name in os.listdir(os.path.join(CONF_DIR, "hardware")))
+    assert HARDWARE.names() == files == ["cpu", "gpu", "hls1", "hls1h"]
+    for name in files:
+        assert compose([f"hardware={name}"]).hardware.name == name
+    assert HARDWARE.get("cpu")(compose().hardware).device == "cpu"  # gpu and hls*: tests/hardware
 
 
 def test_every_mode_is_registered_with_a_config_file():

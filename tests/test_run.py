@@ -255,3 +255,45 @@ def test_killed_then_stopped_then_finished_the_run_resumes_each_time_where_it_wa
         key=lambda entry: entry["step"])]
     peak = rates.index(max(rates))
     assert all(a >= b for a, b in zip(rates[peak:], rates[peak + 1:]))  # one cosine decay, never restarted
+
+
+@pytest.mark.distributed
+def test_two_workers_train_through_horovod_into_one_output_dir_and_evaluate_their_shards(tmp_path):
+    """`python run.py hardware.num_workers=2`: run.py starts two Horovod workers itself; the job has one output dir
+    (Hydra's default, dated) with one set of checkpoints and logs; the evaluation at the end, each worker on its
+    half of the val images, scores what one process scores on all of them."""
+    tiny = [arg for arg in tiny_training(tmp_path, "unused") if not arg.startswith("hydra.run.dir")]
+    args = [*tiny, "data.synthetic.num_val=6", "trainer.batch_size=2", "trainer.total_steps=4",
+            "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=2", "eval.batch_size=3"]
+    result = run_cli(*args, "hardware.num_workers=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "starting 2 workers: horovodrun -np 2 -H localhost:2 --gloo" in result.stdout
+    run_dirs = list((tmp_path / "outputs").glob("*/*"))
+    assert len(run_dirs) == 1, run_dirs
+    run_dir = run_dirs[0]
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["checkpoint", "ckpt-2.data-00000-of-00001", "ckpt-2.index",
+                                                           "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
+    log = (run_dir / "run.log").read_text()
+    assert log.count("training efficientdet-lite0 on shapes") == 1 and "global batch 4 on 2 worker(s)" in log
+    steps = [json.loads(line)["step"] for line in (run_dir / "train_history.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # one writer
+    assert "hardware.num_workers=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()
+    sharded = json.loads((run_dir / "eval" / "step_4" / "detections.json").read_text())
+    assert json.loads((run_dir / "eval" / "step_4" / "metrics.json").read_text())["num_images"] == 6
+
+    alone = run_cli(*args, "mode=eval", f"eval.ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'alone'}", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    single = json.loads((tmp_path / "alone" / "eval" / "step_4" / "detections.json").read_text())
+
+    def by_image(rows):  # per image: its detections' scores, high to low (ties may swap between batchings)
+        scores = {}
+        for row in rows:
+            scores.setdefault(row["image_id"], []).append(row["score"])
+        return {image: sorted(values, reverse=True) for image, values in scores.items()}
+
+    sharded_scores, single_scores = by_image(sharded), by_image(single)
+    assert sorted(sharded_scores) == sorted(single_scores) == list(range(1, 7))
+    for image in single_scores:
+        np.testing.assert_allclose(sharded_scores[image], single_scores[image], rtol=1e-4, atol=1e-5)
+    metrics = [json.loads((d / "eval" / "step_4" / "metrics.json").read_text()) for d in (run_dir, tmp_path / "alone")]
+    assert metrics[0]["AP"] == pytest.approx(metrics[1]["AP"], abs=1e-6)

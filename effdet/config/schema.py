@@ -96,12 +96,24 @@ class DataConfig:
 @dataclass
 class HardwareConfig:
     name: str = registered("cpu", "effdet.hardware:HARDWARE")
+    num_workers: int = positive(1)  # workers per host; more than 1 (or several hosts): run.py starts them
+    hosts: List[str] = field(default_factory=list)  # several servers: ["name:workers", ...]; empty: this one
+    launcher: str = field(default="horovodrun", metadata={"choices": ["horovodrun", "mpirun", "none"]})
+    launcher_args: List[str] = field(default_factory=list)  # extra arguments for horovodrun / mpirun
+    cores_per_worker: int = non_negative(0)  # mpirun --map-by socket:PE=N; 0: the host's cores / its workers
+    dry_run: bool = False  # print the launch command and the files it would write; start nothing
+    # the device's defaults for trainer.precision and trainer.xla (conf/trainer/default.yaml refers to these)
+    precision: str = field(default="fp32", metadata={"choices": ["fp32", "mixed_float16", "mixed_bfloat16"]})
+    xla: bool = False
     intra_op_threads: int = non_negative(0)  # 0: TensorFlow decides
     inter_op_threads: int = non_negative(0)
     # glibc: keep megabyte buffers in malloc's heap instead of a fresh mmap each (input pipeline ~1.15× faster)
     malloc_tuning: bool = True
     # TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS), which TF 2.15 leaves off on CPUs without AVX-512
     onednn: bool = True
+    # Gaudi (hls1, hls1h): the HCCL API needs no HCL config file; HCL_PORT of the file otherwise
+    hccl: bool = False
+    hcl_port: int = field(default=5332, metadata={"min": 1, "max": 65535})
 
 
 @dataclass

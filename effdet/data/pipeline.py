@@ -76,10 +76,13 @@ class InputPipeline:
 
     def eval(self, batch_size: int, shard: Shard = Shard(), max_examples: Optional[int] = None) -> tf.data.Dataset:
         """One pass: (images, targets + what scoring needs: source ids, image scales, ground truth in original
-        pixels). The last batch may be smaller."""
-        records = self._records(shard, shuffle_files=False)
+        pixels). The last batch may be smaller. `max_examples` counts over all shards: the same first images
+        are evaluated whatever the number of workers, each record by exactly one."""
+        records = self._records(Shard(), shuffle_files=False)
         if max_examples is not None:
             records = records.take(max_examples)
+        if shard.count > 1:
+            records = records.shard(shard.count, shard.index)
         examples = records.map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return self._finish(examples.batch(batch_size))
 

@@ -106,12 +106,15 @@ class CocoEvaluator:
 
         Every image counts as seen (and is evaluated) even without detections. Returns the rows added.
         """
-        source_ids = list(np.asarray(source_ids, dtype=object).reshape(-1))
-        image_ids = [image_id_of(source_id) for source_id in source_ids]
+        image_ids = [image_id_of(source_id) for source_id in np.asarray(source_ids, dtype=object).reshape(-1)]
+        return self.add_rows(detections_to_coco_rows(detections, image_ids), image_ids)
+
+    def add_rows(self, rows: List[dict], image_ids: Sequence[int]) -> int:
+        """Adds COCO results rows and the images they were detected in (every one counts as seen, with
+        detections or without). Returns the rows added."""
         unknown = [image_id for image_id in image_ids if image_id not in self._known_images]
         if unknown:
             raise ValueError(f"image ids {unknown[:5]} are not in the ground truth")
-        rows = detections_to_coco_rows(detections, image_ids)
         self.rows.extend(rows)
         for image_id in image_ids:
             if image_id not in self._seen:

@@ -3,11 +3,12 @@ import csv
 import json
 import logging
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
 from effdet.data.builder import build_input
+from effdet.data.pipeline import Shard
 from effdet.data.sources import DataSource
 from effdet.data.targets import AnchorLabeler
 from effdet.eval.coco_metrics import CocoEvaluator, detections_to_coco_rows, image_id_of
@@ -33,17 +34,35 @@ def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, ev
     return detect
 
 
-def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
-             detections_path: Optional[str] = None) -> Dict[str, Any]:
-    """COCO metrics of `model` on the val split; the detections go to `detections_path` (COCO results JSON)."""
-    if not source.val_json_file:
-        raise ValueError(f"data '{source.name}' has no val_json_file (COCO-format ground truth) to score against")
-    evaluator = CocoEvaluator(source.val_json_file)
+def detect_split(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
+                 workers: Workers = Workers()) -> Tuple[List[dict], List[int]]:
+    """Detections on the val split (its first eval.samples images) as COCO results rows, and the ids of the
+    images run. With several workers each runs its own shard and every worker gets everybody's, in rank order."""
     detect = detector(model, labeler, source.num_classes, eval_cfg)
     pipeline = build_input(data_cfg, source, labeler, "val")
-    for images, batch in pipeline.eval(eval_cfg.batch_size, max_examples=eval_cfg.samples):
+    rows, image_ids = [], []
+    for images, batch in pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples):
         detections = detect(images, batch["image_scale"], batch["original_size"])
-        evaluator.add({k: v.numpy() for k, v in detections.items()}, batch["source_id"].numpy())
+        ids = [image_id_of(source_id) for source_id in batch["source_id"].numpy()]
+        rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, ids))
+        image_ids.extend(ids)
+    if workers.size == 1:
+        return rows, image_ids
+    parts = workers.gather((rows, image_ids))
+    return [row for part in parts for row in part[0]], [image_id for part in parts for image_id in part[1]]
+
+
+def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
+             detections_path: Optional[str] = None, workers: Workers = Workers()) -> Dict[str, Any]:
+    """COCO metrics of `model` on the val split; the detections go to `detections_path` (COCO results JSON).
+    Every worker detects its shard; rank 0 scores them all (the others return {})."""
+    if not source.val_json_file:
+        raise ValueError(f"data '{source.name}' has no val_json_file (COCO-format ground truth) to score against")
+    rows, image_ids = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
+    if not workers.is_chief:
+        return {}
+    evaluator = CocoEvaluator(source.val_json_file)
+    evaluator.add_rows(rows, image_ids)
     metrics = evaluator.evaluate()
     if detections_path:
         evaluator.write_results(detections_path)
@@ -52,34 +71,28 @@ def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, e
 
 
 def write_testdev_detections(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
-                             directory: str) -> Dict[str, Any]:
+                             directory: str, workers: Workers = Workers()) -> Dict[str, Any]:
     """Detections on the val split without scoring them (COCO test-dev has no public ground truth): a COCO
-    results JSON to submit, named as the evaluation server expects."""
-    detect = detector(model, labeler, source.num_classes, eval_cfg)
-    pipeline = build_input(data_cfg, source, labeler, "val")
-    rows, images = [], set()
-    for batch_images, batch in pipeline.eval(eval_cfg.batch_size, max_examples=eval_cfg.samples):
-        detections = detect(batch_images, batch["image_scale"], batch["original_size"])
-        source_ids = batch["source_id"].numpy()
-        rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, source_ids))
-        images.update(image_id_of(source_id) for source_id in source_ids)
-    os.makedirs(directory, exist_ok=True)
+    results JSON to submit, named as the evaluation server expects. Written by rank 0."""
+    rows, image_ids = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
     path = os.path.join(directory, "detections_test-dev2017_effdet_results.json")
-    with open(path, "w") as handle:
-        json.dump(rows, handle)
-    return {"path": path, "num_images": len(images), "num_detections": len(rows)}
+    if workers.is_chief:
+        os.makedirs(directory, exist_ok=True)
+        with open(path, "w") as handle:
+            json.dump(rows, handle)
+    return {"path": path, "num_images": len(set(image_ids)), "num_detections": len(rows)}
 
 
 def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabeler, workers: Workers,
                         run_dir: str, step: int) -> Dict[str, Any]:
-    """Evaluates on rank 0 (the other workers wait). Appends the metrics to metrics.jsonl and TensorBoard,
-    redraws ap_over_steps.png, and keeps this evaluation's detections and per-class AP under eval/step_N/."""
-    result = {}
+    """Evaluates (every worker its shard; rank 0 scores and records). Appends the metrics to metrics.jsonl and
+    TensorBoard, redraws ap_over_steps.png, and keeps the detections and per-class AP under eval/step_N/."""
+    details_dir = os.path.join(run_dir, "eval", f"step_{step}")
     if workers.is_chief:
-        details_dir = os.path.join(run_dir, "eval", f"step_{step}")
         os.makedirs(details_dir, exist_ok=True)
-        result = evaluate(model, source, labeler, cfg.data, cfg.eval,
-                          detections_path=os.path.join(details_dir, "detections.json"))
+    result = evaluate(model, source, labeler, cfg.data, cfg.eval,
+                      detections_path=os.path.join(details_dir, "detections.json"), workers=workers)
+    if workers.is_chief:
         metrics = result["metrics"]
         record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}
         with open(os.path.join(details_dir, "metrics.json"), "w") as handle:

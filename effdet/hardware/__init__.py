@@ -1,5 +1,6 @@
-"""Hardware backends (conf/hardware/*.yaml): each prepares the process's devices before any model exists."""
-from effdet.hardware.registry import HARDWARE, setup_hardware
-from effdet.hardware import cpu  # noqa: F401  (registers "cpu")
+"""Hardware backends (conf/hardware/*.yaml): each prepares a worker's device before any model exists; `launch`
+starts the workers. Importing this package loads no TensorFlow (run.py needs it before TensorFlow loads)."""
+from effdet.hardware.registry import HARDWARE, check_hardware, setup_hardware
+from effdet.hardware import cpu, gaudi, gpu  # noqa: F401  (register "cpu", "gpu", "hls1", "hls1h")
 
-__all__ = ["HARDWARE", "setup_hardware", "cpu"]
+__all__ = ["HARDWARE", "check_hardware", "setup_hardware"]

@@ -1,7 +1,6 @@
 import logging
 from dataclasses import dataclass
-
-import tensorflow as tf
+from typing import Any
 
 from effdet.errors import ConfigError
 from effdet.hardware.registry import HARDWARE
@@ -18,19 +17,29 @@ class DeviceSetup:
 
 
 @HARDWARE.register("cpu")
-def setup_cpu(intra_op_threads: int = 0, inter_op_threads: int = 0) -> DeviceSetup:
+def setup_cpu(hardware_cfg: Any) -> DeviceSetup:
     """Runs on the CPU only: GPUs are hidden so that a CPU job never grabs a GPU's memory."""
+    import tensorflow as tf
+
     if tf.config.list_physical_devices("GPU"):
         tf.config.set_visible_devices([], "GPU")
-    _set_threads("intra_op_threads", intra_op_threads, tf.config.threading.get_intra_op_parallelism_threads,
-                 tf.config.threading.set_intra_op_parallelism_threads)
-    _set_threads("inter_op_threads", inter_op_threads, tf.config.threading.get_inter_op_parallelism_threads,
-                 tf.config.threading.set_inter_op_parallelism_threads)
-    setup = DeviceSetup("cpu", tf.config.threading.get_intra_op_parallelism_threads(),
-                        tf.config.threading.get_inter_op_parallelism_threads(), onednn_enabled())
+    setup = apply_threads(hardware_cfg, "cpu")
     log.info("cpu: %s intra-op threads, %s inter-op threads (0: one per core), oneDNN kernels %s",
              setup.intra_op_threads, setup.inter_op_threads, "on" if setup.onednn else "off")
     return setup
+
+
+def apply_threads(hardware_cfg: Any, device: str) -> DeviceSetup:
+    """hardware.intra_op_threads / inter_op_threads (0: TensorFlow's default, one per core)."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    _set_threads("intra_op_threads", hardware_cfg.get("intra_op_threads", 0),
+                 threading.get_intra_op_parallelism_threads, threading.set_intra_op_parallelism_threads)
+    _set_threads("inter_op_threads", hardware_cfg.get("inter_op_threads", 0),
+                 threading.get_inter_op_parallelism_threads, threading.set_inter_op_parallelism_threads)
+    return DeviceSetup(device, threading.get_intra_op_parallelism_threads(),
+                       threading.get_inter_op_parallelism_threads(), onednn_enabled())
 
 
 def onednn_enabled() -> bool:

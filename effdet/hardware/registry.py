@@ -9,7 +9,17 @@ log = logging.getLogger(__name__)
 HARDWARE = Registry("hardware backend")
 
 
+def check_hardware(hardware_cfg: Any) -> None:
+    """What must hold before any work, launching included: a Gaudi job needs Habana's bridge (a dry run does not,
+    it only prints)."""
+    if hardware_cfg.name in ("hls1", "hls1h") and not hardware_cfg.dry_run:
+        from effdet.hardware.gaudi import require_habana
+
+        require_habana(hardware_cfg.name)
+
+
 def setup_hardware(hardware_cfg: Any):
+    """Prepares this process's device (one worker's) before any model exists."""
     problem = choose_onednn(hardware_cfg.get("onednn", True))  # run.py applied it already, before TensorFlow
     if problem:
         log.warning(problem)
@@ -17,5 +27,4 @@ def setup_hardware(hardware_cfg: Any):
         from effdet.hardware.host_memory import keep_large_buffers_in_heap
 
         keep_large_buffers_in_heap()
-    options = {k: v for k, v in hardware_cfg.items() if k not in ("name", "malloc_tuning", "onednn")}
-    return HARDWARE.get(hardware_cfg.name, where="hardware.name")(**options)
+    return HARDWARE.get(hardware_cfg.name, where="hardware.name")(hardware_cfg)

@@ -18,7 +18,7 @@ from effdet.model.checkpoint import OBJECT_GRAPH_KEY, load_weights, resolve_chec
 from effdet.modes.registry import MODES
 from effdet.modes.train import TRAINING_PLAN
 from effdet.train.builder import build_ema
-from effdet.train.distributed import Workers
+from effdet.train.distributed import Workers, init_workers
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 @MODES.register("eval")
 def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
     source = build_source(cfg.data)
+    workers = init_workers()
+    if cfg.eval.continuous and workers.size > 1:
+        raise ConfigError("eval.continuous=true runs in one process (it follows a training run's checkpoints as "
+                          f"they appear); this job has {workers.size} workers: use hardware.num_workers=1")
     if cfg.eval.testdev_dir:
-        return _testdev(cfg, source, cfg.eval.ckpt or run_dir)
+        return _testdev(cfg, source, cfg.eval.ckpt or run_dir, workers)
     if not source.val_file_pattern or not source.val_json_file:
         raise ConfigError(f"data '{source.name}' has no val split with COCO ground truth (val_file_pattern and "
                           "val_json_file) to evaluate on")
@@ -38,7 +42,7 @@ def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
     def evaluate(prefix: str) -> int:
         step = restore_for_evaluation(model, prefix, use_ema=cfg.eval.use_ema)
         log.info("evaluating %s (%s weights, step %d)", prefix, "EMA" if cfg.eval.use_ema else "raw", step)
-        evaluate_and_record(cfg, model, source, labeler, Workers(), run_dir, step)
+        evaluate_and_record(cfg, model, source, labeler, workers, run_dir, step)
         return step
 
     if cfg.eval.continuous:
@@ -51,7 +55,7 @@ def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
     return {"evaluated": [(prefix, evaluate(prefix))]}
 
 
-def _testdev(cfg: Any, source, where: str) -> Dict[str, Any]:
+def _testdev(cfg: Any, source, where: str, workers: Workers) -> Dict[str, Any]:
     """Test-dev: detections of the val split's images (no ground truth needed), written for submission."""
     if not source.val_file_pattern:
         raise ConfigError(f"eval.testdev_dir: data '{source.name}' has no val_file_pattern (the test-dev images)")
@@ -59,9 +63,10 @@ def _testdev(cfg: Any, source, where: str) -> Dict[str, Any]:
     model = build_model(cfg.model, source.num_classes)
     step = restore_for_evaluation(model, prefix, use_ema=cfg.eval.use_ema)
     written = write_testdev_detections(model, source, build_labeler(cfg.model), cfg.data, cfg.eval,
-                                       cfg.eval.testdev_dir)
-    print(f"test-dev detections of {written['num_images']} images ({written['num_detections']} detections, "
-          f"step {step}): {written['path']}")
+                                       cfg.eval.testdev_dir, workers)
+    if workers.is_chief:
+        print(f"test-dev detections of {written['num_images']} images ({written['num_detections']} detections, "
+              f"step {step}): {written['path']}")
     return {"testdev": written, "step": step}
 
 

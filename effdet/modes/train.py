@@ -14,6 +14,8 @@ from effdet.model.builder import build_model
 from effdet.errors import CheckpointError, ConfigError
 from effdet.model.checkpoint import load_weights, resolve_checkpoint
 from effdet.modes.registry import MODES
+from effdet.provenance import check_resume
+from effdet.sweep import TRAIN_SUMMARY
 from effdet.train.builder import build_ema, build_loss, build_optimization, set_precision, steps_of
 from effdet.train.curves import plot_training_curves
 from effdet.train.distributed import init_workers
@@ -46,6 +48,8 @@ def build_training(cfg: Any, run_dir: str) -> Training:
             except CheckpointError as error:
                 raise CheckpointError(f"trainer.{key}: {error}") from None
     workers = init_workers()
+    has_checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    check_resume(cfg, run_dir, has_checkpoint, workers.is_chief)
     if trainer_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
     tf.keras.utils.set_random_seed(trainer_cfg.seed)
@@ -126,7 +130,10 @@ def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at
     summary.update(seconds=seconds, images_per_second=(summary["step"] - start) * settings.batch_size *
                    workers.size / max(seconds, 1e-9))
     result["train"] = summary
-    if workers.is_chief:  # the whole run's curves, across resumes
+    if workers.is_chief:  # the whole run's curves, across resumes; this job's figures for a sweep's summary
+        with open(os.path.join(run_dir, TRAIN_SUMMARY), "w") as handle:
+            json.dump({key: summary[key] for key in ("step", "seconds", "images_per_second", "stopped_early")},
+                      handle, indent=1)
         plot_training_curves(read_history(trainer.history_path), os.path.join(run_dir, "training_curves.png"))
     if eval_at_end and not summary["stopped_early"] and can_evaluate:
         result["eval"] = evaluate(summary["step"])

@@ -1,16 +1,12 @@
 """This process's place among the workers. Horovod when it runs several processes; otherwise one process
 and no collective at all, so the project runs where Horovod is not installed."""
-import os
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import tensorflow as tf
 
-_LAUNCHER_RANK_VARIABLES = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK")
+from effdet.hardware.ranks import launched_as_worker
 
-
-def launched_as_worker() -> bool:
-    """True when an outside launcher (horovodrun, mpirun, an MPIJob) started this process as one rank."""
-    return any(name in os.environ for name in _LAUNCHER_RANK_VARIABLES)
+_horovod_workers = None  # once Horovod is initialised, every init_workers() call returns the same Workers
 
 
 class Workers:
@@ -47,6 +43,18 @@ class Workers:
             return flag
         return bool(self.hvd.allreduce(tf.constant(1 if flag else 0), op=self.hvd.Sum).numpy() > 0)
 
+    def gather(self, value: Any) -> List[Any]:
+        """Every worker's `value` (any picklable object), in rank order, on every worker."""
+        if not self.hvd:
+            return [value]
+        return self.hvd.allgather_object(value)
+
+    def share(self, value: Any) -> Any:
+        """Rank 0's `value` (any picklable object), on every worker."""
+        if not self.hvd:
+            return value
+        return self.hvd.broadcast_object(value, root_rank=0)
+
     def barrier(self) -> None:
         if self.hvd:
             self.hvd.allreduce(tf.constant(0), op=self.hvd.Sum)
@@ -63,5 +71,8 @@ def init_workers(use_horovod: Optional[bool] = None) -> Workers:
     except ImportError as error:
         raise ImportError("this process was started as one of several workers, but Horovod is not importable "
                           f"({error}); install it with `make venv` (see README)") from error
-    hvd.init()
-    return Workers(hvd)
+    global _horovod_workers
+    if _horovod_workers is None:
+        hvd.init()
+        _horovod_workers = Workers(hvd)
+    return _horovod_workers

@@ -56,3 +56,19 @@ def test_an_unknown_key_in_a_group_fails_at_composition():
 def test_validate_names_the_bad_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(compose([override]))
+
+
+@pytest.mark.parametrize("preset", sorted(name[:-5] for name in os.listdir(os.path.join(CONF_DIR, "experiment"))))
+def test_every_experiment_preset_composes_and_validates(preset):
+    cfg = compose([f"+experiment={preset}"])
+    validate(cfg)
+    expected = {"d0_coco_1hpu": ("efficientdet-d0", "coco", "hls1", 1, 8, "mixed_bfloat16"),
+                "d0_coco_hls1": ("efficientdet-d0", "coco", "hls1", 8, 8, "mixed_bfloat16"),
+                "d0_coco_8gpu": ("efficientdet-d0", "coco", "gpu", 8, 8, "mixed_float16"),
+                "shapes_quick": ("efficientdet-lite0", "shapes", "cpu", 1, compose().trainer.batch_size, "fp32")}
+    assert (cfg.model.name, cfg.data.name, cfg.hardware.name, cfg.hardware.num_workers, cfg.trainer.batch_size,
+            cfg.trainer.precision) == expected[preset]
+    if preset.startswith("d0_coco"):
+        assert cfg.trainer.num_epochs == 300 and cfg.mode == "train_and_eval"
+    # a command-line override still wins over the preset
+    assert compose([f"+experiment={preset}", "trainer.batch_size=2"]).trainer.batch_size == 2

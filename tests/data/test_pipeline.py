@@ -153,6 +153,27 @@ def test_two_ranks_read_disjoint_parts_that_cover_everything(rectangles, tmp_pat
         assert sorted(rank0 + rank1, key=int) == [str(i) for i in range(total)]
 
 
+def test_training_shards_are_disjoint_and_cover_everything(rectangles, tmp_path):
+    single_file = tmp_path / "one.tfrecord"
+    write_records(single_file, [rectangle_record(i) for i in range(7)])
+    for pattern, total in ((rectangles, 12), (str(single_file), 7)):  # whole files per worker, then records
+        pipeline = InputPipeline(pattern, labeler())
+        parts = [[r.numpy() for r in pipeline._records(Shard(i, 2), shuffle_files=False)] for i in range(2)]
+        assert not set(parts[0]) & set(parts[1])
+        assert len(set(parts[0]) | set(parts[1])) == total
+
+
+def test_evaluating_the_first_n_images_gives_the_same_images_on_any_number_of_workers(rectangles):
+    def ids(shard):
+        pipeline = InputPipeline(rectangles, labeler())
+        return [s.decode() for _, t in pipeline.eval(batch_size=2, shard=shard, max_examples=5)
+                for s in t["source_id"].numpy()]
+
+    alone = ids(Shard())
+    assert len(alone) == 5
+    assert sorted(ids(Shard(0, 2)) + ids(Shard(1, 2)), key=int) == sorted(alone, key=int)
+
+
 def test_a_seed_fixes_order_and_augmentation(rectangles):
     def first_batches(seed):
         pipeline = InputPipeline(rectangles, labeler(), seed=seed, deterministic=True)
