@@ -87,6 +87,9 @@ def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabe
                         run_dir: str, step: int) -> Dict[str, Any]:
     """Evaluates (every worker its shard; rank 0 scores and records). Appends the metrics to metrics.jsonl and
     TensorBoard, redraws ap_over_steps.png, and keeps the detections and per-class AP under eval/step_N/."""
+    # Every worker evaluates rank 0's model, the one its checkpoints hold: with plain batch norm each worker's
+    # moving statistics followed its own batches.
+    workers.broadcast(model.variables)
     details_dir = os.path.join(run_dir, "eval", f"step_{step}")
     if workers.is_chief:
         os.makedirs(details_dir, exist_ok=True)
