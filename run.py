@@ -21,7 +21,7 @@ from effdet.errors import EffdetError  # noqa: E402
 from effdet.hardware import check_hardware, setup_hardware  # noqa: E402
 from effdet.hardware.launch import check_mode_workers, launch_workers, needs_launch, worker_overrides  # noqa: E402
 from effdet.provenance import write_run_info  # noqa: E402
-from effdet.sweep import FailedJob  # noqa: E402
+from effdet.sweep import FailedJob, objective  # noqa: E402
 from effdet.tensorflow_env import choose_onednn  # noqa: E402
 
 logging.getLogger("matplotlib").setLevel(logging.WARNING)
@@ -42,7 +42,8 @@ def main(cfg: DictConfig):
             typed = sys.argv[1:] if hydra_cfg.mode == RunMode.RUN else list(hydra_cfg.overrides.task)  # a sweep's job
             write_run_info(run_dir, typed, list(hydra_cfg.overrides.task))
         if needs_launch(cfg.hardware):  # this process starts the workers, which run the job
-            return launch_workers(cfg.hardware, run_dir, list(hydra_cfg.overrides.task))
+            result = launch_workers(cfg.hardware, run_dir, list(hydra_cfg.overrides.task))
+            return objective(run_dir, cfg.optimized_metric) if cfg.optimized_metric else result
         if cfg.hardware.dry_run:
             print("dry run (hardware.dry_run=true): one worker, in this process; nothing started")
             return None
@@ -52,7 +53,8 @@ def main(cfg: DictConfig):
         setup_hardware(cfg.hardware)
         run_dir = init_workers().share(run_dir)  # every worker writes into (and resumes from) rank 0's
         run_mode = MODES.get(cfg.mode, where="mode")
-        return run_mode(cfg, run_dir=run_dir)
+        result = run_mode(cfg, run_dir=run_dir)
+        return objective(run_dir, cfg.optimized_metric) if cfg.optimized_metric else result
     except Exception as error:  # in a sweep, a failed job is a row of its summary and the other jobs go on
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         if isinstance(error, EffdetError):

@@ -18,6 +18,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from effdet.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
@@ -82,9 +84,22 @@ def _cell(value) -> str:
 
 @dataclass
 class FailedJob:
-    """What run.py returns for a job of a sweep that failed: Hydra then goes on with the other jobs."""
+    """What run.py returns for a job of a sweep that failed: Hydra then goes on with the other jobs. As a number
+    (an optimising sweeper's objective) it is NaN, which Optuna records as a failed trial."""
 
     error: BaseException
+
+    def __float__(self) -> float:
+        return float("nan")
+
+
+def objective(output_dir: str, metric: str) -> float:
+    """The job's result for an optimising sweeper: `metric` of the last evaluation in its run dir."""
+    metrics = last_metrics(os.path.join(output_dir, "metrics.jsonl"))
+    if metrics is None:
+        raise ConfigError(f"optimized_metric={metric}: the job evaluated nothing (no metrics.jsonl in {output_dir}); "
+                          "a mode that evaluates (train with trainer.eval_after_training, train_and_eval) is needed")
+    return float(metrics[metric])
 
 
 class SweepSummary(Callback):

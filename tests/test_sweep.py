@@ -2,6 +2,8 @@
 import csv
 import json
 
+import yaml
+
 from effdet.errors import ConfigError
 from effdet.provenance import check_resume
 from effdet.sweep import format_table, job_row, ranked, write_summary
@@ -48,24 +50,42 @@ def test_resuming_with_another_model_is_refused_and_harmless_changes_are_listed(
             assert key in str(error) and "new run dir" in str(error)
 
 
-def test_a_sweep_runs_every_job_summarises_them_and_a_job_reruns_identically_from_its_saved_config(tmp_path):
-    tiny = ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.image_size=96",
-            "model.image_size=64", "model.fpn_cell_repeats=1", "model.box_class_repeats=1",
-            "trainer.batch_size=4", "trainer.total_steps=3", "trainer.log_every_n_steps=1",
-            "trainer.progress_bar=false", "trainer.deterministic=true", "data.deterministic=true",
-            f"data.cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    # the second job's value is out of range: it fails, the first still runs and is summarised
-    swept = run_cli("-m", *tiny, "model.fpn_num_filters=8,0", cwd=tmp_path)
-    assert swept.returncode == 1, swept.stderr[-3000:]
-    with open(tmp_path / "sweep" / "summary.csv") as handle:
-        rows = list(csv.DictReader(handle))
-    assert [(row["job"], row["status"], row["overrides"].split()[-1]) for row in rows] == [
-        ("0", "completed", "model.fpn_num_filters=8"), ("1", "failed", "model.fpn_num_filters=0")]
-    assert float(rows[0]["AP"]) >= 0 and float(rows[0]["train_seconds"]) > 0 and rows[0]["step"] == "3"
-    assert "model.fpn_num_filters=0 is too small" in rows[1]["error"]
-    assert "sweep of 2 jobs (1 failed)" in swept.stdout
+def tiny(tmp_path):
+    return ["data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.image_size=96",
+            "model.image_size=64", "model.fpn_cell_repeats=1", "model.box_class_repeats=1", "trainer.batch_size=4",
+            "trainer.total_steps=2", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
+            "trainer.deterministic=true", "data.deterministic=true", f"data.cache_dir={tmp_path / 'cache'}"]
 
-    job = tmp_path / "sweep" / "0"
+
+def test_sweeps_summarise_their_jobs_and_a_job_reruns_identically_from_its_saved_config(tmp_path):
+    # an Optuna search of 2 trials: the objective is each trial's final AP
+    searched = run_cli("hparams_search=shapes_optuna", "hydra.sweeper.n_trials=2", *tiny(tmp_path),
+                       "model.fpn_num_filters=8", f"hydra.sweep.dir={tmp_path / 'search'}", cwd=tmp_path)
+    assert searched.returncode == 0, searched.stderr[-3000:]
+    result = yaml.safe_load((tmp_path / "search" / "optimization_results.yaml").read_text())
+    with open(tmp_path / "search" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["job"], row["status"], row["step"]) for row in rows] == [("0", "completed", "2"),
+                                                                          ("1", "completed", "2")]
+    assert all(float(row["train_seconds"]) > 0 and float(row["images_per_second"]) > 0 for row in rows)
+    assert result["best_value"] == max(float(row["AP"]) for row in rows)
+    assert set(result["best_params"]) == {"optimizer.lr", "trainer.loss.gamma"}
+    assert 0.02 <= result["best_params"]["optimizer.lr"] <= 0.2
+    assert "sweep of 2 jobs (0 failed)" in searched.stdout
+
+    # a plain sweep whose jobs fail: each is a row with its error, and the exit code says so
+    failed = run_cli("-m", *tiny(tmp_path), "model.fpn_num_filters=0,-3", f"hydra.sweep.dir={tmp_path / 'bad'}",
+                     cwd=tmp_path)
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    with open(tmp_path / "bad" / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["status"], row["overrides"].split()[-1]) for row in rows] == [
+        ("failed", "model.fpn_num_filters=0"), ("failed", "model.fpn_num_filters=-3")]
+    assert "model.fpn_num_filters=-3 is too small" in rows[1]["error"]
+    assert "sweep of 2 jobs (2 failed)" in failed.stdout
+
+    # a trial, run again from its saved config: the same losses, step for step
+    job = tmp_path / "search" / "0"
     info = json.loads((job / "run_info.json").read_text())
     assert len(info["git"]["commit"]) == 40 and isinstance(info["git"]["dirty"], bool)
     assert info["versions"]["tensorflow-cpu"].startswith("2.15") and info["versions"]["horovod"] == "0.28.1"
@@ -77,7 +97,7 @@ def test_a_sweep_runs_every_job_summarises_them_and_a_job_reruns_identically_fro
     def losses(directory):
         return [json.loads(line)["total_loss"] for line in (directory / "train_history.jsonl").read_text().splitlines()]
 
-    assert len(losses(job)) == 3 and losses(tmp_path / "rerun") == losses(job)
+    assert len(losses(job)) == 2 and losses(tmp_path / "rerun") == losses(job)
 
     refused = run_cli("--config-path", str(job / ".hydra"), "--config-name", "config", "model.fpn_num_filters=16",
                       f"hydra.run.dir={job}", cwd=tmp_path)

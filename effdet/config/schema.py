@@ -209,6 +209,9 @@ class Config:
     eval: EvalConfig = MISSING
     infer: InferConfig = field(default_factory=InferConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    # for a sweeper that optimises (hparams_search): the metric of the job's last evaluation that run.py returns
+    optimized_metric: Optional[str] = field(default=None, metadata={"choices": [None, "AP", "AP50", "AP75", "APs",
+                                                                                "APm", "APl", "AR100"]})
 
 
 def register_schema() -> None:
