@@ -105,7 +105,8 @@ class PoisonedLoss(DetectionLoss):
 
 def test_a_non_finite_loss_stops_training_naming_the_step_and_last_checkpoint(tmp_path):
     holder = {}
-    trainer, data = make_trainer(tmp_path, total_steps=20, checkpoint_every=5, loss_fn=PoisonedLoss(7, holder))
+    trainer, data = make_trainer(tmp_path, total_steps=20, checkpoint_every=5, loss_fn=PoisonedLoss(7, holder),
+                                 make_model=tiny_detector)  # the loop's logic: any model will do
     holder["step"] = trainer.step
     with pytest.raises(NonFiniteLossError) as caught:
         trainer.fit(data)
@@ -118,7 +119,8 @@ def test_a_non_finite_loss_stops_training_naming_the_step_and_last_checkpoint(tm
 
 def test_skip_mode_counts_and_skips_non_finite_steps(tmp_path):
     holder = {}
-    trainer, data = make_trainer(tmp_path, total_steps=10, on_nonfinite="skip", loss_fn=PoisonedLoss(7, holder))
+    trainer, data = make_trainer(tmp_path, total_steps=10, on_nonfinite="skip", loss_fn=PoisonedLoss(7, holder),
+                                 make_model=tiny_detector)
     holder["step"] = trainer.step
     before = None
     summary = trainer.fit(data)
@@ -128,12 +130,13 @@ def test_skip_mode_counts_and_skips_non_finite_steps(tmp_path):
 
 
 def test_resume_restores_step_optimizer_and_ema_and_continues(tmp_path):
-    first, data = make_trainer(tmp_path, total_steps=10, checkpoint_every=5)
+    first, data = make_trainer(tmp_path, total_steps=10, checkpoint_every=5, make_model=tiny_detector)
     first.fit(data)
     weights = [v.numpy() for v in first.model.variables]
     shadows = [v.numpy() for v in first.ema.shadow_variables]
     iterations = int(first.optimizer.iterations)
-    second, data = make_trainer(tmp_path, total_steps=15, seed=9)  # other initial weights: all must be restored
+    # other initial weights: all must be restored
+    second, data = make_trainer(tmp_path, total_steps=15, seed=9, make_model=tiny_detector)
     assert int(second.step) == 10 and int(second.optimizer.iterations) == iterations
     for restored, saved in zip(second.model.variables, weights):
         np.testing.assert_array_equal(restored.numpy(), saved)
