@@ -43,17 +43,11 @@ def main(cfg: DictConfig):
             write_run_info(run_dir, typed, list(hydra_cfg.overrides.task))
         if needs_launch(cfg.hardware):  # this process starts the workers, which run the job
             result = launch_workers(cfg.hardware, run_dir, list(hydra_cfg.overrides.task))
-            return objective(run_dir, cfg.optimized_metric) if cfg.optimized_metric else result
-        if cfg.hardware.dry_run:
+        elif cfg.hardware.dry_run:
             print("dry run (hardware.dry_run=true): one worker, in this process; nothing started")
             return None
-        from effdet.modes import MODES
-        from effdet.train.distributed import init_workers
-
-        setup_hardware(cfg.hardware)
-        run_dir = init_workers().share(run_dir)  # every worker writes into (and resumes from) rank 0's
-        run_mode = MODES.get(cfg.mode, where="mode")
-        result = run_mode(cfg, run_dir=run_dir)
+        else:
+            result = run_worker(cfg, run_dir)
         return objective(run_dir, cfg.optimized_metric) if cfg.optimized_metric else result
     except Exception as error:  # in a sweep, a failed job is a row of its summary and the other jobs go on
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -66,6 +60,16 @@ def main(cfg: DictConfig):
         if in_sweep:
             return FailedJob(error)
         sys.exit(2)
+
+
+def run_worker(cfg: DictConfig, run_dir: str):
+    """This process is a worker (or the only one): its device, then the mode, in rank 0's run dir."""
+    from effdet.modes import MODES
+    from effdet.train.distributed import init_workers
+
+    setup_hardware(cfg.hardware)
+    run_mode = MODES.get(cfg.mode, where="mode")
+    return run_mode(cfg, run_dir=init_workers().share(run_dir))  # every worker writes into (and resumes from) one dir
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ COLUMNS = ("job", "overrides", "status", "AP", "AP50", "train_seconds", "images_
 TRAIN_SUMMARY = "train_summary.json"  # the last training of a run dir: step, seconds, images/s (modes/train.py)
 
 
-def job_row(number: int, overrides: List[str], output_dir: str, error: Optional[BaseException] = None) -> Dict[str, Any]:
+def job_row(number: int, overrides: List[str], output_dir: str,
+            error: Optional[BaseException] = None) -> Dict[str, Any]:
     """One job's row, from what its run dir holds: the last evaluation (metrics.jsonl), the training summary."""
     row = dict.fromkeys(COLUMNS, "")
     row.update(job=number, overrides=" ".join(overrides), output_dir=output_dir,

@@ -76,8 +76,8 @@ def check_mode_workers(mode: str, hardware_cfg: Any) -> None:
 
 def worker_overrides(argv: Sequence[str]) -> List[str]:
     """Hydra overrides a worker adds to its own command line, before Hydra starts: ranks other than 0 write
-    nothing (no .hydra/, no log file) and print only warnings. A rank started by an outside `mpirun python run.py` without a
-    hydra.run.dir gets a scratch dir for Hydra; it takes rank 0's output dir as soon as Horovod is up."""
+    nothing (no .hydra/, no log file) and print only warnings. A rank started by an outside `mpirun python
+    run.py` without a hydra.run.dir gets a scratch dir for Hydra; it takes rank 0's output dir once Horovod is up."""
     if not launched_as_worker() or rank_from_env() == 0:
         return []
     extra = {"hydra.output_subdir": "null", "hydra.job_logging.root.handlers": "[console]",
@@ -102,10 +102,9 @@ def plan_launch(hardware_cfg: Any, run_dir: str, overrides: Sequence[str], pytho
     count = sum(slots for _, slots in hosts)
     command = worker_command(run_dir, overrides, python)
     launch = Launch(command=[], num_workers=count)
-    gaudi = hardware_cfg.name in ("hls1", "hls1h")
-    if gaudi:
-        from effdet.hardware.gaudi import hcl_setup_for_launch
+    from effdet.hardware.gaudi import SERVERS, hcl_setup_for_launch
 
+    if hardware_cfg.name in SERVERS:
         launch.env.update(hcl_setup_for_launch(hardware_cfg, hosts, run_dir, env, launch.files))
     if hardware_cfg.launcher == "mpirun":
         cores = physical_cores or count_physical_cores()

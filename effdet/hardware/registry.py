@@ -12,9 +12,9 @@ HARDWARE = Registry("hardware backend")
 def check_hardware(hardware_cfg: Any) -> None:
     """What must hold before any work, launching included: a Gaudi job needs Habana's bridge (a dry run does not,
     it only prints)."""
-    if hardware_cfg.name in ("hls1", "hls1h") and not hardware_cfg.dry_run:
-        from effdet.hardware.gaudi import require_habana
+    from effdet.hardware.gaudi import SERVERS, require_habana
 
+    if hardware_cfg.name in SERVERS and not hardware_cfg.dry_run:
         require_habana(hardware_cfg.name)
 
 
