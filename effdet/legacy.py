@@ -14,8 +14,8 @@ import sys
 from typing import Callable, Dict, List, Sequence, Tuple
 
 from effdet.errors import ConfigError, closest
+from effdet.hardware.launch import RUN_PY
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _same(key: str) -> Callable[[str], List[str]]:
@@ -180,7 +180,7 @@ def translate_hparams(text: str) -> List[str]:
 
 
 def command(overrides: Sequence[str]) -> List[str]:
-    return [sys.executable, os.path.join(REPO, "run.py"), *overrides]
+    return [sys.executable, RUN_PY, *overrides]
 
 
 def main(argv: Sequence[str]) -> int:

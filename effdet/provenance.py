@@ -14,10 +14,11 @@ from typing import Any, Dict, List, Optional
 from omegaconf import OmegaConf
 
 from effdet.errors import ConfigError
+from effdet.hardware.launch import RUN_PY
 
 log = logging.getLogger(__name__)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(RUN_PY)
 RUN_INFO = "run_info.json"
 TRAINING_CONFIG = "training_config.yaml"  # the config the run dir's checkpoints were trained with (resolved)
 PACKAGES = ("tensorflow", "tensorflow-cpu", "horovod", "hydra-core", "omegaconf", "numpy", "pycocotools")
@@ -54,16 +55,15 @@ def versions() -> Dict[str, str]:
 
 
 def run_info(run_dir: str, argv: List[str], overrides: List[str]) -> Dict[str, Any]:
-    run_py = os.path.join(REPO, "run.py")
     hydra_dir = os.path.join(os.path.abspath(run_dir), ".hydra")
     return {
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": socket.gethostname(),
         "cwd": os.getcwd(),
-        "command": shlex.join(["python", run_py, *argv]),
+        "command": shlex.join(["python", RUN_PY, *argv]),
         "overrides": list(overrides),
         # the saved, composed config, run again (in a new dated dir; add hydra.run.dir=... to choose it)
-        "rerun": shlex.join(["python", run_py, "--config-path", hydra_dir, "--config-name", "config"]),
+        "rerun": shlex.join(["python", RUN_PY, "--config-path", hydra_dir, "--config-name", "config"]),
         "git": git_state(),
         "versions": versions(),
     }

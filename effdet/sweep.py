@@ -7,7 +7,6 @@ is a row with its error; the others still run, and the sweep exits with code 1.
 """
 import csv
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -19,8 +18,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from effdet.errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
 COLUMNS = ("job", "overrides", "status", "AP", "AP50", "train_seconds", "images_per_second", "step", "error",
