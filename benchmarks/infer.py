@@ -1,7 +1,11 @@
 """Inference speed of EfficientDet-D0 on the CPU: latency at batch 1 and throughput at batch 8, on 640×480 uint8
-images, with pre- and post-processing included (the exported SavedModel's graph).
+images, with pre- and post-processing included.
 
-    .venv/bin/python benchmarks/infer.py [--model efficientdet-d0] [--runs 50] [--override eval.nms=soft]
+    .venv/bin/python benchmarks/infer.py [--model efficientdet-d0] [--runs 50] [--override eval.engine=tflite]
+
+With eval.engine=tensorflow (the default) it times the exported SavedModel's graph; with eval.engine=tflite,
+the same pre- and post-processing around the network converted to TFLite and run by XNNPACK (what mode=eval
+and mode=infer run with that setting).
 
 Reference on the 2-core machine: Google automl's Keras D0 takes about 117 ms at batch 1 with its
 post-processing. Target: at most 0.8× that (94 ms).
@@ -43,24 +47,33 @@ def main():
     import tensorflow as tf
 
     from effdet.data.builder import build_labeler
+    from effdet.eval.evaluate import detector
     from effdet.model.builder import build_model, image_size_of
     from effdet.modes.export import Detector
 
     model = build_model(cfg.model, cfg.data.num_classes)
-    detector = Detector(model, build_labeler(cfg.model).anchors, cfg.data.num_classes, image_size_of(cfg.model),
-                        cfg.eval)
+    labeler = build_labeler(cfg.model)
+    module = Detector(model, labeler.anchors, cfg.data.num_classes, image_size_of(cfg.model), cfg.eval)
+    if cfg.eval.engine == "tensorflow":
+        serve = module.serve
+    else:
+        detect = detector(model, labeler, cfg.data.num_classes, cfg.eval)
+
+        def serve(images):
+            return detect(*module.prepare(images))
     rng = np.random.default_rng(0)
     cores = len(os.sched_getaffinity(0))
     print(f"{args.model}, {args.width}x{args.height} uint8 input, pre- and post-processing included "
-          f"(nms={cfg.eval.nms}), {cores} cores, oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1'}")
+          f"(nms={cfg.eval.nms}), engine {cfg.eval.engine}, {cores} cores, "
+          f"oneDNN {os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1'}")
     for batch, runs in ((1, args.runs), (8, max(3, args.runs // 5))):
         images = tf.constant(rng.integers(0, 256, (batch, args.height, args.width, 3), dtype=np.uint8))
         for _ in range(3):  # tracing and warm-up
-            detector.serve(images)["num_detections"].numpy()
+            serve(images)["num_detections"].numpy()
         times = []
         for _ in range(runs):
             started = time.perf_counter()
-            detector.serve(images)["num_detections"].numpy()
+            serve(images)["num_detections"].numpy()
             times.append(time.perf_counter() - started)
         median = statistics.median(times)
         print(f"batch {batch}: median {median * 1000:.1f} ms per call (p90 "

@@ -136,7 +136,8 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
     assert raw.returncode == 0, raw.stderr[-3000:]
     assert "step 6 is the run's last" in (tmp_path / "raw" / "run.log").read_text()
 
-    # mode=infer on image files of any size and format; an unreadable one is reported and skipped
+    # mode=infer on image files of any size and format; an unreadable one is reported and skipped. The network
+    # runs in TFLite here (the SavedModel below, run by TensorFlow, must find the same detections)
     from PIL import Image, ImageDraw
 
     pictures = tmp_path / "pictures"
@@ -147,7 +148,8 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
         picture.save(pictures / name)
     (pictures / "notes.jpg").write_text("not an image")
     inferred = run_cli(*tiny[:-1], "mode=infer", f"infer.input='{pictures}/*.jpg,{pictures / 'tall.png'}'",  # quoted, as in a shell
-                       f"infer.ckpt={run_dir}", "infer.draw_threshold=0.0", f"hydra.run.dir={tmp_path / 'infer'}")
+                       f"infer.ckpt={run_dir}", "infer.draw_threshold=0.0", "eval.engine=tflite",
+                       f"hydra.run.dir={tmp_path / 'infer'}")
     assert inferred.returncode == 0, inferred.stderr[-3000:]
     out = tmp_path / "infer" / "detections"
     assert sorted(p.name for p in out.iterdir()) == ["tall.json", "tall.png", "wide.json", "wide.png"]
@@ -166,8 +168,11 @@ def test_train_runs_end_to_end_evaluates_and_resumes(tmp_path):
         assert annotated.shape == original.shape and (annotated != original).any()  # boxes drawn on it
 
     # mode=export: a SavedModel that takes uint8 images and returns detections, with the class names beside it
-    exported = run_cli(*tiny[:-1], "mode=export", f"export.ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'export'}")
+    exported = run_cli(*tiny[:-1], "mode=export", f"export.ckpt={run_dir}", "export.tflite=true",
+                       f"hydra.run.dir={tmp_path / 'export'}")
     assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "export" / "model.tflite").stat().st_size > 0
+    assert (tmp_path / "export" / "model.anchors.npy").exists()
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(tmp_path / "export" / "saved_model")).signatures["serving_default"]

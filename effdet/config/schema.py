@@ -178,6 +178,7 @@ class EvalConfig:
     ckpt: Optional[str] = None  # mode=eval: a checkpoint, a checkpoint dir or a run dir (default: this run dir's)
     testdev_dir: Optional[str] = None  # mode=eval: write unscored detections there, for COCO test-dev submission
     use_ema: bool = True  # evaluate the exponential moving average of the weights, as automl does
+    engine: str = registered("tensorflow", "effdet.eval.engines:ENGINES")  # tensorflow | tflite (XNNPACK)
 
 
 @dataclass
@@ -195,7 +196,7 @@ class ExportConfig:
     ckpt: Optional[str] = None  # a checkpoint, a checkpoint dir or a run dir
     use_ema: bool = True
     output_dir: Optional[str] = None  # default: <run dir>/saved_model
-    tflite: bool = False  # also <output dir>/../model.tflite (float32)
+    tflite: bool = False  # also <output dir>/../model.tflite: the float32 network, static shapes, for XNNPACK
 
 
 @dataclass

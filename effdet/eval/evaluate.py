@@ -12,6 +12,7 @@ from effdet.data.pipeline import Shard
 from effdet.data.sources import DataSource
 from effdet.data.targets import AnchorLabeler
 from effdet.eval.coco_metrics import CocoEvaluator, detections_to_coco_rows, image_id_of
+from effdet.eval.engines import ENGINES
 from effdet.eval.postprocess import postprocess
 from effdet.train.distributed import Workers
 
@@ -20,16 +21,37 @@ RECORDED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
 def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, eval_cfg: Any):
-    """images → detections in original pixels (a compiled function)."""
+    """(images at the model's input size, image scales, original sizes) → detections in original pixels, the
+    network run by `eval.engine`."""
     anchors = labeler.anchors
+    settings = dict(max_detections=eval_cfg.max_detections, score_threshold=eval_cfg.score_threshold,
+                    nms=eval_cfg.nms, iou_threshold=eval_cfg.iou_threshold, soft_nms_sigma=eval_cfg.soft_nms_sigma)
+    make_network = ENGINES.get(eval_cfg.engine, where="eval.engine")
 
     @tf.function(autograph=False)
+    def finish(logits, codes, image_scales, original_sizes):
+        return postprocess(logits, codes, anchors, image_scales, num_classes, original_sizes=original_sizes,
+                           **settings)
+
+    if eval_cfg.engine == "tensorflow":
+        network = make_network(model, num_classes, None)
+
+        @tf.function(autograph=False)
+        def detect_in_graph(images, image_scales, original_sizes):
+            logits, codes = network(images)
+            return postprocess(logits, codes, anchors, image_scales, num_classes, original_sizes=original_sizes,
+                               **settings)
+
+        return detect_in_graph
+
+    networks = {}  # built at the first batch, for its (the model's) input size
+
     def detect(images, image_scales, original_sizes):
-        class_outputs, box_outputs = model(images, training=False)
-        return postprocess(class_outputs, box_outputs, anchors, image_scales, num_classes,
-                           max_detections=eval_cfg.max_detections, score_threshold=eval_cfg.score_threshold,
-                           nms=eval_cfg.nms, iou_threshold=eval_cfg.iou_threshold,
-                           soft_nms_sigma=eval_cfg.soft_nms_sigma, original_sizes=original_sizes)
+        size = tuple(images.shape[1:3])
+        if size not in networks:
+            networks[size] = make_network(model, num_classes, size)
+        logits, codes = networks[size](images)
+        return finish(logits, codes, image_scales, original_sizes)
 
     return detect
 

@@ -52,6 +52,7 @@ def test_an_unknown_key_in_a_group_fails_at_composition():
     ("model.backbone=efficientnet-b9", "model.backbone"),
     ("model.act_type=gelu", "model.act_type"),
     ("hardware.intra_op_threads=-1", "hardware.intra_op_threads"),
+    ("eval.engine=tflight", "eval.engine"),
 ])
 def test_validate_names_the_bad_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -4,11 +4,14 @@ import io
 import numpy as np
 import pytest
 import tensorflow as tf
+from omegaconf import OmegaConf
 from PIL import Image
 
 from effdet.data.builder import build_labeler
 from effdet.data.pipeline import inference_example
+from effdet.eval.engines import TFLiteNetwork
 from effdet.eval.evaluate import detector
+from effdet.eval.postprocess import flatten_outputs
 from effdet.model.builder import build_model, image_size_of
 from effdet.modes.export import Detector, export_tflite
 from tests.conftest import compose
@@ -51,16 +54,35 @@ def test_the_reloaded_saved_model_detects_what_the_model_in_process_detects(expo
     assert boxes[..., 2].max() <= height and boxes[..., 3].max() <= width  # in the input's own pixels
 
 
-def test_tflite_float32_model_runs_with_the_same_detections(exported, tmp_path):
-    _, _, _, directory = exported
-    path = export_tflite(directory, str(tmp_path / "model.tflite"))
-    images = pictures(90, 150, count=1, seed=3)
-    interpreter = tf.lite.Interpreter(model_path=path)
-    runner = interpreter.get_signature_runner("serving_default")
-    got = runner(images=images)
-    want = tf.saved_model.load(directory).signatures["serving_default"](images=tf.constant(images))
-    assert int(got["num_detections"][0]) == int(want["num_detections"][0]) > 0
-    np.testing.assert_allclose(got["scores"], want["scores"].numpy(), rtol=1e-3, atol=1e-4)
+def test_tflite_network_gives_the_keras_outputs_and_its_anchors(exported, tmp_path):
+    cfg, model, labeler, _ = exported
+    path = export_tflite(model, 6, image_size_of(cfg.model), labeler.anchors, str(tmp_path / "model.tflite"))
+    pixels = pictures(128, 128, count=1, seed=3)
+    with open(path, "rb") as handle:
+        logits, codes = TFLiteNetwork(handle.read())(pixels)
+    ops = {op["op_name"] for op in tf.lite.Interpreter(model_path=path)._get_ops_details()}
+    assert "DEPTHWISE_CONV_2D" in ops and not any(op.startswith("Flex") for op in ops)  # builtins: XNNPACK runs it
+    class_outputs, box_outputs = model(pixels, training=False)
+    np.testing.assert_allclose(logits.numpy(), flatten_outputs(class_outputs, 6).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(codes.numpy(), flatten_outputs(box_outputs, 4).numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(np.load(str(tmp_path / "model.anchors.npy")), labeler.anchors)
+
+
+def test_the_tflite_engine_detects_what_the_tensorflow_engine_detects(exported, monkeypatch):
+    cfg, model, labeler, _ = exported
+    invoked = []
+    monkeypatch.setattr(tf.lite.Interpreter, "invoke", lambda self, run=tf.lite.Interpreter.invoke: invoked.append(
+        run(self)))
+    module = Detector(model, labeler.anchors, 6, image_size_of(cfg.model), cfg.eval)
+    for batch in (2, 1, 2):  # one interpreter per batch size, each reused
+        pixels, scales, sizes = module.prepare(tf.constant(pictures(90, 150, count=batch, seed=batch)))
+        want = detector(model, labeler, 6, cfg.eval)(pixels, scales, sizes)
+        got = detector(model, labeler, 6, OmegaConf.merge(cfg.eval, {"engine": "tflite"}))(pixels, scales, sizes)
+        np.testing.assert_array_equal(got["num_detections"].numpy(), want["num_detections"].numpy())
+        assert int(got["num_detections"][0]) > 0
+        np.testing.assert_allclose(got["scores"].numpy(), want["scores"].numpy(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(got["boxes"].numpy(), want["boxes"].numpy(), rtol=1e-4, atol=1e-2)
+    assert len(invoked) == 3  # the network ran in TFLite, once a batch
 
 
 def _png(image):
