@@ -35,7 +35,7 @@ def measure(args) -> None:
     overrides = ["model=efficientdet-d0", "data=fake", f"model.image_size={args.image_size}",
                  f"trainer.batch_size={args.batch_size}", "hardware.intra_op_threads=1", "hardware.inter_op_threads=1",
                  "trainer.progress_bar=false", "trainer.log_every_n_steps=100000",
-                 "trainer.checkpoint_every_n_steps=100000"]
+                 "trainer.checkpoint_every_n_steps=100000", *args.override]
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     choose_onednn(cfg.hardware.onednn)
@@ -91,6 +91,8 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--allreduce_repeats", type=int, default=10)
     parser.add_argument("--first_core", type=int, default=0)
+    parser.add_argument("--override", action="append", default=[],
+                        help="a Hydra override for both runs, e.g. trainer.steps_per_loop=4")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # internal: measure here
     args = parser.parse_args()
     if args.worker:
@@ -100,11 +102,13 @@ def main():
     if len(cores) < 2:
         sys.exit(f"needs 2 cores, this process may use {len(cores)}")
     horovodrun = shutil.which("horovodrun") or os.path.join(os.path.dirname(sys.executable), "horovodrun")
-    passed = [f"--{key}={getattr(args, key)}" for key in
-              ("image_size", "batch_size", "steps", "warmup", "allreduce_repeats", "first_core")]
-    worker = [sys.executable, os.path.abspath(__file__), "--worker", *passed]
+    passed = [f"--{key}={getattr(args, key)}" for key in ("image_size", "batch_size", "steps", "warmup",
+                                                           "allreduce_repeats")]
+    passed += [f"--override={override}" for override in args.override]
+    worker = [sys.executable, os.path.abspath(__file__), "--worker", *passed, f"--first_core={args.first_core}"]
     print(f"efficientdet-d0 at {args.image_size}x{args.image_size}, batch {args.batch_size} per worker, data=fake, "
-          f"fp32, {args.warmup} warm-up + {args.steps} timed steps; each worker on 1 core, 1 TensorFlow thread")
+          f"fp32, {args.warmup} warm-up + {args.steps} timed steps; each worker on 1 core, 1 TensorFlow thread"
+          + (f"; {' '.join(args.override)}" if args.override else ""))
     one = run(worker, "1 worker")
     print(f"1 worker : {one['images_per_second']:.3f} images/s ({one['seconds_per_step']:.2f} s/step)", flush=True)
     # the same worker twice at once on the two cores, without Horovod: what the machine itself allows
