@@ -1,6 +1,6 @@
 """Where the network runs when detecting (eval, infer, the inference benchmark): `eval.engine`.
 
-- `tensorflow`: the Keras model, inside the detection `tf.function`.
+- `tensorflow`: the Keras model, in a `tf.function`.
 - `tflite`: the same weights converted to a float32 TensorFlow Lite model with static shapes, run by TFLite's
   XNNPACK CPU delegate. On the 2-core development machine D0 detects in 141 ms at batch 1 this way, against
   203–223 ms with TensorFlow (oneDNN): XNNPACK's depthwise and 1×1 kernels are faster, batch norm is folded
@@ -42,7 +42,7 @@ def flatten_static(outputs, last_dim: int) -> tf.Tensor:
 @ENGINES.register("tensorflow")
 def tensorflow_engine(model: tf.keras.Model, num_classes: int, image_size: Tuple[int, int]) -> Network:
     del image_size  # the Keras model takes any size; the input pipeline gives the model's
-    return flat_network(model, num_classes)
+    return tf.function(flat_network(model, num_classes), autograph=False)
 
 
 def tflite_model(model: tf.keras.Model, num_classes: int, image_size: Tuple[int, int]) -> bytes:

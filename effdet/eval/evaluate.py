@@ -27,24 +27,12 @@ def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, ev
     settings = dict(max_detections=eval_cfg.max_detections, score_threshold=eval_cfg.score_threshold,
                     nms=eval_cfg.nms, iou_threshold=eval_cfg.iou_threshold, soft_nms_sigma=eval_cfg.soft_nms_sigma)
     make_network = ENGINES.get(eval_cfg.engine, where="eval.engine")
+    networks = {}  # by input size; built at the first batch (the model's input size)
 
     @tf.function(autograph=False)
     def finish(logits, codes, image_scales, original_sizes):
         return postprocess(logits, codes, anchors, image_scales, num_classes, original_sizes=original_sizes,
                            **settings)
-
-    if eval_cfg.engine == "tensorflow":
-        network = make_network(model, num_classes, None)
-
-        @tf.function(autograph=False)
-        def detect_in_graph(images, image_scales, original_sizes):
-            logits, codes = network(images)
-            return postprocess(logits, codes, anchors, image_scales, num_classes, original_sizes=original_sizes,
-                               **settings)
-
-        return detect_in_graph
-
-    networks = {}  # built at the first batch, for its (the model's) input size
 
     def detect(images, image_scales, original_sizes):
         size = tuple(images.shape[1:3])
