@@ -23,20 +23,13 @@ ENGINES = Registry("inference engine")
 Network = Callable[[tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]
 
 
-def flat_network(model: tf.keras.Model, num_classes: int, flatten: Callable = flatten_outputs) -> Callable:
+def flat_network(model: tf.keras.Model, num_classes: int) -> Callable:
     """uint8 images at the model's input size → (logits [B, N, num_classes], box codes [B, N, 4])."""
     def run(images):
         class_outputs, box_outputs = model(images, training=False)
-        return flatten(class_outputs, num_classes), flatten(box_outputs, 4)
+        return flatten_outputs(class_outputs, num_classes), flatten_outputs(box_outputs, 4)
 
     return run
-
-
-def flatten_static(outputs, last_dim: int) -> tf.Tensor:
-    """flatten_outputs with only constant shapes in the graph (the batch as -1): TFLite then knows every shape
-    once the batch is set, which XNNPACK requires."""
-    return tf.concat([tf.reshape(level, [-1, level.shape[1] * level.shape[2] * level.shape[3] // last_dim, last_dim])
-                      for level in outputs], axis=1)
 
 
 @ENGINES.register("tensorflow")
@@ -49,7 +42,7 @@ def tflite_model(model: tf.keras.Model, num_classes: int, image_size: Tuple[int,
     """A float32 TFLite flatbuffer of the network: input uint8 images [B, H, W, 3] (already resized and padded
     as the input pipeline does), outputs class logits [B, N, num_classes] then box codes [B, N, 4], in anchor
     order. Batch norm is folded into the convolutions by the converter."""
-    network = flat_network(model, num_classes, flatten_static)
+    network = flat_network(model, num_classes)
     # The batch is left open and fixed by each interpreter before planning (TFLiteNetwork): a batch of 1 baked
     # into the graph would also bake it into the flattening reshapes.
     signature = tf.TensorSpec([None, *image_size, 3], tf.uint8, name="images")
@@ -96,6 +89,5 @@ class TFLiteNetwork:
 
 @ENGINES.register("tflite")
 def tflite_engine(model: tf.keras.Model, num_classes: int, image_size: Tuple[int, int]) -> Network:
-    runner = TFLiteNetwork(tflite_model(model, num_classes, image_size),
-                           tf.config.threading.get_intra_op_parallelism_threads())
-    return lambda images: runner(images.numpy() if isinstance(images, tf.Tensor) else images)
+    return TFLiteNetwork(tflite_model(model, num_classes, image_size),
+                         tf.config.threading.get_intra_op_parallelism_threads())

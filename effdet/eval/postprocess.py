@@ -34,9 +34,18 @@ def flatten_outputs(outputs: Outputs, last_dim: int) -> tf.Tensor:
     An already flattened [B, N, k] tensor passes through unchanged.
     """
     if isinstance(outputs, (list, tuple)):
-        parts = [tf.reshape(level, [tf.shape(level)[0], -1, last_dim]) for level in outputs]
+        parts = [_flatten(level, last_dim) for level in outputs]
         return parts[0] if len(parts) == 1 else tf.concat(parts, axis=1)
-    return tf.reshape(outputs, [tf.shape(outputs)[0], -1, last_dim])
+    return _flatten(outputs, last_dim)
+
+
+def _flatten(tensor: tf.Tensor, last_dim: int) -> tf.Tensor:
+    """[B, ...] → [B, n, last_dim]. With a static shape the target shape is a constant (the batch as -1), so
+    that the graph computes no shapes: TFLite's XNNPACK needs every shape known once the batch is set."""
+    per_image = tensor.shape[1:].num_elements()
+    if per_image is not None:
+        return tf.reshape(tensor, [-1, per_image // last_dim, last_dim])
+    return tf.reshape(tensor, [tf.shape(tensor)[0], -1, last_dim])
 
 
 def input_extent(anchors: tf.Tensor) -> tf.Tensor:
