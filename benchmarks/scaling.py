@@ -6,6 +6,10 @@ EfficientDet-D0 on data=fake (no input cost), fp32, through the same builders as
 is pinned to its own core and runs TensorFlow with one thread. Prints the training throughput of both runs,
 the scaling efficiency (2-worker images/s over twice the 1-worker's; target ≥ 90 %) and the time one
 all-reduce of all gradients takes (Gloo on localhost), measured alone after training.
+
+For every worker it also prints where a step's wall time went, from the CPU time of its threads (Linux /proc):
+the thread TensorFlow runs the step on, all its other threads (Horovod's background and Gloo threads, tf.data,
+Python), and the rest, time in which the worker ran nothing (waiting for the other worker or a collective).
 """
 import argparse
 import json
@@ -55,7 +59,9 @@ def measure(args) -> None:
         trainer.settings.total_steps = args.warmup
         trainer.fit(job.dataset_at)
         trainer.settings.total_steps = args.warmup + args.steps
+        window = watch_loops(trainer)
         summary = trainer.fit(job.dataset_at)
+        threads = cpu_split(window, args.steps)
 
         gradients = [tf.ones_like(v) for v in job.model.trainable_variables]
         reduce = tf.function(workers.average_gradients)
@@ -66,13 +72,66 @@ def measure(args) -> None:
         for _ in range(args.allreduce_repeats):
             [g.numpy() for g in reduce(gradients)]
         allreduce = (time.perf_counter() - started) / args.allreduce_repeats
+        per_rank = workers.gather(threads)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     if workers.is_chief:
         print("RESULT " + json.dumps({
             "workers": workers.size, "images_per_second": summary["images_per_second"],
-            "seconds_per_step": summary["seconds"] / args.steps, "allreduce_seconds": allreduce,
+            "seconds_per_step": summary["seconds"] / args.steps, "allreduce_seconds": allreduce, "threads": per_rank,
             "gradient_megabytes": sum(int(g.shape.num_elements()) for g in gradients) * 4 / 2 ** 20}), flush=True)
+
+
+def thread_cpu_seconds() -> dict:
+    """CPU seconds (user + system) used so far by each thread of this process, from Linux's /proc."""
+    clock_ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()  # after the name, which may hold spaces
+        except OSError:  # the thread ended meanwhile
+            continue
+        used[tid] = (int(fields[11]) + int(fields[12])) / clock_ticks  # utime, stime
+    return used
+
+
+def watch_loops(trainer) -> dict:
+    """Notes the threads' CPU times and the clock when `fit` starts its first training loop and after each loop
+    returns: the steps alone, without building or tearing down the input iterator (tf.data may take seconds to
+    stop its threads)."""
+    window, loop = {}, trainer._loop
+
+    def noted(*args):
+        if "start" not in window:
+            window["start"] = (thread_cpu_seconds(), time.perf_counter())
+        result = {key: value.numpy() for key, value in loop(*args).items()}
+        window["end"] = (thread_cpu_seconds(), time.perf_counter())
+        return result
+
+    trainer._loop = noted
+    return window
+
+
+def cpu_split(window: dict, steps: int) -> dict:
+    """Where one worker's wall time per step went: its busiest thread (the one TensorFlow runs the step on,
+    with one thread per pool), all its other threads (Horovod's background and Gloo threads, tf.data, Python),
+    and what is left: time in which the worker's core ran nothing of this worker's (waiting)."""
+    (before, started), (after, ended) = window["start"], window["end"]
+    used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
+    compute, others = (used[0] if used else 0.0), sum(used[1:])
+    return {"compute": compute / steps, "other_threads": others / steps,
+            "waiting": max(0.0, ended - started - compute - others) / steps}
+
+
+def describe(threads: dict) -> str:
+    return (f"compute thread {threads['compute']:.2f} s, other threads {threads['other_threads']:.2f} s, "
+            f"waiting {threads['waiting']:.2f} s")
+
+
+def compare(threads: dict, one: dict) -> str:
+    extra = threads["compute"] / one["threads"][0]["compute"] - 1
+    return f"{describe(threads)}; the compute thread needs {100 * extra:+.0f} % CPU time per step over 1 worker"
 
 
 def run(command, label):
@@ -111,6 +170,7 @@ def main():
           + (f"; {' '.join(args.override)}" if args.override else ""))
     one = run(worker, "1 worker")
     print(f"1 worker : {one['images_per_second']:.3f} images/s ({one['seconds_per_step']:.2f} s/step)", flush=True)
+    print(f"  per step: {describe(one['threads'][0])}", flush=True)
     # the same worker twice at once on the two cores, without Horovod: what the machine itself allows
     pair = [subprocess.Popen([*worker[:-1], f"--first_core={args.first_core + i}"], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for i in range(2)]
@@ -120,8 +180,12 @@ def main():
     print(f"2 independent workers side by side, no Horovod: {side_by_side:.3f} images/s "
           f"({100 * side_by_side / (2 * one['images_per_second']):.1f} % of twice one: the machine's own ceiling)",
           flush=True)
+    for core, result in enumerate(alone):
+        print(f"  core {core} per step: {compare(result['threads'][0], one)}", flush=True)
     two = run([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", *worker], "2 workers")
     print(f"2 workers: {two['images_per_second']:.3f} images/s ({two['seconds_per_step']:.2f} s/step)")
+    for rank, threads in enumerate(two["threads"]):
+        print(f"  rank {rank} per step: {compare(threads, one)}")
     efficiency = two["images_per_second"] / (2 * one["images_per_second"])
     print(f"scaling efficiency: {100 * efficiency:.1f} % (target >= 90 %)")
     print(f"all-reduce of all gradients ({two['gradient_megabytes']:.1f} MB fp32), alone: "

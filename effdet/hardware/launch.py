@@ -18,7 +18,8 @@ from effdet.hardware.ranks import launched_as_worker, rank_from_env, size_from_e
 RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "run.py")
 MULTI_WORKER_MODES = ("train", "train_and_eval", "eval")
 # What each worker needs from the launching process's environment, when it is set there (mpirun passes only
-# the variables named with -x; horovodrun passes the whole environment to local workers and these over ssh).
+# the variables named with -x; horovodrun passes the whole environment to local workers and these over ssh),
+# and Horovod's own tuning (HOROVOD_CYCLE_TIME, HOROVOD_FUSION_THRESHOLD, ...: every HOROVOD_* variable).
 FORWARDED = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "LD_PRELOAD", "TF_ENABLE_ONEDNN_OPTS", "TF_CPP_MIN_LOG_LEVEL",
              "CUDA_VISIBLE_DEVICES", "HCL_CONFIG_PATH", "HABANA_VISIBLE_MODULES", "MALLOC_ARENA_MAX")
 
@@ -111,7 +112,7 @@ def plan_launch(hardware_cfg: Any, run_dir: str, overrides: Sequence[str], pytho
         per_worker = hardware_cfg.cores_per_worker or max(1, cores // max(slots for _, slots in hosts))
         hostfile = os.path.join(run_dir, "hostfile")
         launch.files[hostfile] = "".join(f"{name} slots={slots}\n" for name, slots in hosts)
-        forwarded = sorted({*launch.env, *(name for name in FORWARDED if name in env)})
+        forwarded = sorted({*launch.env, *(name for name in env if name in FORWARDED or name.startswith("HOROVOD_"))})
         launch.command = (["mpirun"] + (["--allow-run-as-root"] if _is_root() else [])
                           + ["--tag-output", "--bind-to", "core", "--map-by", f"socket:PE={per_worker}",
                              "-np", str(count), "--hostfile", hostfile]

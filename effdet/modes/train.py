@@ -68,7 +68,7 @@ def build_training(cfg: Any, run_dir: str) -> Training:
         keep_checkpoint_max=trainer_cfg.keep_checkpoint_max, log_every_n_steps=trainer_cfg.log_every_n_steps,
         on_nonfinite=trainer_cfg.on_nonfinite, xla=trainer_cfg.xla, loss_scaling=loss_scaling,
         progress_bar=trainer_cfg.progress_bar)
-    loss = build_loss(trainer_cfg.loss, cfg.model, source.num_classes, labeler.anchors, workers.sum)
+    loss = build_loss(trainer_cfg.loss, cfg.model, source.num_classes, labeler.anchors, workers)
     trainer = Trainer(model, loss, optimizer, build_ema(model, trainer_cfg.ema_decay), workers, run_dir, settings,
                       learning_rate=schedule)
 

@@ -48,9 +48,9 @@ def build_ema(model: tf.keras.Model, decay: float) -> ExponentialMovingAverage:
     return ExponentialMovingAverage(model.trainable_variables + moving, decay=decay)
 
 
-def build_loss(loss_cfg: Any, model_cfg: Any, num_classes: int, anchors, sum_over_workers) -> DetectionLoss:
+def build_loss(loss_cfg: Any, model_cfg: Any, num_classes: int, anchors, workers) -> DetectionLoss:
     return DetectionLoss(num_classes, model_cfg.min_level, model_cfg.max_level, anchors=anchors,
                          alpha=loss_cfg.alpha, gamma=loss_cfg.gamma, label_smoothing=loss_cfg.label_smoothing,
                          delta=loss_cfg.delta, box_loss_weight=loss_cfg.box_loss_weight,
                          iou_loss_type=loss_cfg.iou_loss_type, iou_loss_weight=loss_cfg.iou_loss_weight,
-                         sum_over_workers=sum_over_workers, jit_compile=loss_cfg.jit_compile)
+                         workers=workers, jit_compile=loss_cfg.jit_compile)

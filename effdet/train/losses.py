@@ -1,10 +1,11 @@
 """EfficientDet's losses: focal loss for classes, Huber (or an IoU loss) for boxes, L2 weight decay."""
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import tensorflow as tf
 
 from effdet.data.targets import IGNORE, flatten_levels
 from effdet.model import box_coder
+from effdet.train.distributed import Workers
 
 
 def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5, label_smoothing: float = 0.0):
@@ -126,14 +127,14 @@ def weight_decay(variables, rate: float):
 class DetectionLoss:
     """Total loss of a batch from the network's per-level outputs and the pipeline's targets.
 
-    The class and box losses are divided by the number of positive anchors of the global batch (over
-    all workers: `sum_over_workers`), plus one, so that every worker's gradient has the same scale.
+    The class and box losses are divided by the number of positive anchors of the global batch (summed over
+    `workers`), plus one, so that every worker's gradient has the same scale.
     """
 
     def __init__(self, num_classes: int, min_level: int, max_level: int, anchors=None, alpha: float = 0.25,
                  gamma: float = 1.5, label_smoothing: float = 0.0, delta: float = 0.1,
                  box_loss_weight: float = 50.0, iou_loss_type: Optional[str] = None, iou_loss_weight: float = 1.0,
-                 sum_over_workers: Callable = None, jit_compile: bool = False):
+                 workers: Optional[Workers] = None, jit_compile: bool = False):
         self.num_classes = num_classes
         self.min_level, self.max_level = min_level, max_level
         self.anchors = anchors
@@ -141,16 +142,15 @@ class DetectionLoss:
         self.box_loss_weight = box_loss_weight
         self.iou_loss_type = iou_loss_type
         self.iou_loss_weight = iou_loss_weight
-        self.sum_over_workers = sum_over_workers or (lambda x: x)
+        self.workers = workers or Workers()
         self.keys = ["class_loss", "box_loss"] + (["iou_loss"] if iou_loss_type else []) + ["det_loss"]
         self.focal_loss_sum = FocalLossSum(num_classes, alpha, gamma, label_smoothing, jit_compile=jit_compile)
 
     def __call__(self, outputs, targets) -> Dict[str, tf.Tensor]:
-        normalizer = self.sum_over_workers(tf.reduce_sum(tf.cast(targets["num_positives"], tf.float32))) + 1.0
-        workers = self.sum_over_workers(tf.constant(1.0))
+        normalizer = self.workers.sum(tf.reduce_sum(tf.cast(targets["num_positives"], tf.float32))) + 1.0
         # Each worker's sum is divided by the global count; gradients are then averaged over workers, so
         # the worker count is multiplied back in.
-        scale = workers / normalizer
+        scale = self.workers.size / normalizer
         sums = self._sums(outputs[0], outputs[1], targets)
         losses = {key: value * scale for key, value in sums.items()}
         total = losses["class_loss"] + self.box_loss_weight * losses["box_loss"]

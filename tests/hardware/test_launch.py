@@ -48,6 +48,13 @@ def test_several_hosts_with_horovodrun():
     assert launch.command[:6] == ["horovodrun", "-np", "6", "-H", "node1:4,node2:2", "--gloo"]
 
 
+def test_mpirun_passes_horovods_tuning_variables_on_to_every_worker():
+    launch = plan("hardware.num_workers=2", "hardware.launcher=mpirun",
+                  env={"HOROVOD_CYCLE_TIME": "20", "HOROVOD_FUSION_THRESHOLD": "0", "HOME": "/root"})
+    forwarded = [launch.command[i + 1] for i, arg in enumerate(launch.command) if arg == "-x"]
+    assert forwarded == ["HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD"]
+
+
 def test_hls1_is_the_mpirun_command_of_habanas_launcher_with_an_hcl_config_for_eight_cards():
     launch = plan("hardware=hls1", "hardware.dry_run=true", env={"PATH": "/usr/bin", "PYTHONPATH": "/code"})
     hostfile, hcl_path = os.path.join(RUN_DIR, "hostfile"), os.path.join(RUN_DIR, "hcl_config.json")

@@ -104,6 +104,30 @@ def test_detection_loss_level_by_level_equals_the_flat_definition(jit):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-7)
 
 
+class TwinWorkers:
+    """Two workers holding the same batch: a sum over them doubles a value. Counts the collectives."""
+    size = 2
+
+    def __init__(self):
+        self.sums = 0
+
+    def sum(self, value):
+        self.sums += 1
+        return 2 * value
+
+
+def test_each_worker_loss_is_normalized_by_the_global_batch_with_one_collective():
+    class_outputs, box_outputs, targets = labeled_batch(seed=4)
+    twins = TwinWorkers()
+    mine = DetectionLoss(NUM_CLASSES, 3, 5, workers=twins)((class_outputs, box_outputs), targets)
+    doubled = [tf.concat([t, t], 0) for t in class_outputs], [tf.concat([t, t], 0) for t in box_outputs]
+    global_batch = DetectionLoss(NUM_CLASSES, 3, 5)(doubled, {k: tf.concat([v, v], 0) for k, v in targets.items()})
+    # averaged over the two workers (as their gradients are), the loss is the one of the global batch
+    for key in ("class_loss", "box_loss", "det_loss"):
+        np.testing.assert_allclose(float(mine[key]), float(global_batch[key]), rtol=1e-5, err_msg=key)
+    assert twins.sums == 1  # the positive count; the worker count is known without asking the others
+
+
 def test_swish_gradient_equals_silus():
     x = tf.constant(np.concatenate([np.linspace(-30, 30, 601), [-120.0, 120.0, 0.0]]), tf.float32)
     with tf.GradientTape(persistent=True) as tape:
