@@ -1,0 +1,55 @@
+"""The accounting behind benchmarks/scaling.py's "where a step's time went" lines."""
+import importlib.util
+import os
+import threading
+import time
+
+import tensorflow as tf
+
+PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
+                    "scaling.py")
+spec = importlib.util.spec_from_file_location("scaling_benchmark", PATH)
+scaling = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(scaling)
+
+
+def test_a_step_splits_into_the_busiest_thread_the_others_and_waiting():
+    window = {"start": ({"1": 1.0, "2": 0.5}, 10.0), "end": ({"1": 5.0, "2": 1.5, "3": 0.5}, 16.0)}
+    split = scaling.cpu_split(window, steps=2)
+    assert split == {"compute": 2.0, "other_threads": 0.75, "waiting": 0.25}  # 3: a thread born in the window
+
+
+def test_thread_cpu_seconds_sees_a_thread_that_works():
+    ids, stop = [], threading.Event()
+
+    def spin():
+        ids.append(str(threading.get_native_id()))
+        while not stop.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    while not ids:
+        time.sleep(0.01)
+    before = scaling.thread_cpu_seconds()
+    time.sleep(0.5)
+    after = scaling.thread_cpu_seconds()
+    stop.set()
+    worker.join()
+    assert after[ids[0]] - before.get(ids[0], 0.0) >= 0.1
+
+
+def test_the_window_runs_from_the_first_loop_call_to_the_last_loops_end():
+    class Trainer:
+        def _loop(self, steps):
+            time.sleep(0.05)
+            return {"total_loss": tf.constant(float(steps))}
+
+    trainer = Trainer()
+    window = scaling.watch_loops(trainer)
+    assert window == {}
+    first = trainer._loop(1)
+    started = window["start"][1]
+    trainer._loop(2)
+    assert window["start"][1] == started and window["end"][1] - started >= 0.1
+    assert float(first["total_loss"]) == 1.0
