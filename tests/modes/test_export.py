@@ -9,7 +9,7 @@ from PIL import Image
 
 from effdet.data.builder import build_labeler
 from effdet.data.pipeline import inference_example
-from effdet.eval.engines import TFLiteNetwork
+from effdet.eval.engines import TFLiteNetwork, tflite_interpreter
 from effdet.eval.evaluate import detector
 from effdet.eval.postprocess import flatten_outputs
 from effdet.model.builder import build_model, image_size_of
@@ -60,7 +60,7 @@ def test_tflite_network_gives_the_keras_outputs_and_its_anchors(exported, tmp_pa
     pixels = pictures(128, 128, count=1, seed=3)
     with open(path, "rb") as handle:
         logits, codes = TFLiteNetwork(handle.read())(pixels)
-    ops = {op["op_name"] for op in tf.lite.Interpreter(model_path=path)._get_ops_details()}
+    ops = {op["op_name"] for op in tflite_interpreter(model_path=path)._get_ops_details()}
     assert "DEPTHWISE_CONV_2D" in ops and not any(op.startswith("Flex") for op in ops)  # builtins: XNNPACK runs it
     class_outputs, box_outputs = model(pixels, training=False)
     np.testing.assert_allclose(logits.numpy(), flatten_outputs(class_outputs, 6).numpy(), rtol=1e-4, atol=1e-4)
@@ -70,9 +70,10 @@ def test_tflite_network_gives_the_keras_outputs_and_its_anchors(exported, tmp_pa
 
 def test_the_tflite_engine_detects_what_the_tensorflow_engine_detects(exported, monkeypatch):
     cfg, model, labeler, _ = exported
+    from ai_edge_litert.interpreter import Interpreter
+
     invoked = []
-    monkeypatch.setattr(tf.lite.Interpreter, "invoke", lambda self, run=tf.lite.Interpreter.invoke: invoked.append(
-        run(self)))
+    monkeypatch.setattr(Interpreter, "invoke", lambda self, run=Interpreter.invoke: invoked.append(run(self)))
     module = Detector(model, labeler.anchors, 6, image_size_of(cfg.model), cfg.eval)
     for batch in (2, 1, 2):  # one interpreter per batch size, each reused
         pixels, scales, sizes = module.prepare(tf.constant(pictures(90, 150, count=batch, seed=batch)))
