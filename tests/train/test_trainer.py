@@ -80,10 +80,12 @@ def test_overfitting_one_batch_drives_the_loss_down_tenfold(tmp_path):
 
 
 def test_a_fixed_seed_gives_identical_loss_sequences(tmp_path):
+    """The loop's own randomness (initial weights, data, shuffling) follows the seed. That a whole EfficientDet
+    job reruns identically is test_sweep's rerun test."""
     tf.config.experimental.enable_op_determinism()
     runs = []
     for name in ("a", "b"):
-        trainer, data = make_trainer(tmp_path / name, total_steps=10, seed=3)
+        trainer, data = make_trainer(tmp_path / name, total_steps=10, seed=3, make_model=tiny_detector)
         trainer.fit(data)
         runs.append([entry["total_loss"] for entry in trainer.history])
     assert runs[0] == runs[1]
