@@ -179,6 +179,9 @@ class EvalConfig:
     testdev_dir: Optional[str] = None  # mode=eval: write unscored detections there, for COCO test-dev submission
     use_ema: bool = True  # evaluate the exponential moving average of the weights, as automl does
     engine: str = registered("tensorflow", "effdet.eval.engines:ENGINES")  # tensorflow | tflite (XNNPACK)
+    # square: every image fitted into model.image_size and padded to it (automl; the SavedModel does this);
+    # stride: padded only up to multiples of the coarsest level's stride, 2^max_level (640×480 runs at 512×384)
+    padding: str = field(default="square", metadata={"choices": ["square", "stride"]})
 
 
 @dataclass

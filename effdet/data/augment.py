@@ -91,13 +91,27 @@ def resize_window(image, boxes, offset, image_scale, output_size, ratio=1):
 
 
 def pad_image(image, output_size):
-    """Pads `image` [h, w, C] with zeros at the bottom and right to `output_size`. Two concatenations: tf.pad
-    takes several times longer on uint8 images."""
+    """Pads `image` [h, w, C] with zeros at the bottom and right to `output_size` (ints or scalar tensors). Two
+    concatenations: tf.pad takes several times longer on uint8 images."""
     out_h, out_w = output_size
     height, width, channels = tf.shape(image)[0], tf.shape(image)[1], tf.shape(image)[2]
     image = tf.concat([image, tf.zeros([height, out_w - width, channels], image.dtype)], axis=1)
     image = tf.concat([image, tf.zeros([out_h - height, out_w, channels], image.dtype)], axis=0)
-    return tf.ensure_shape(image, [out_h, out_w, None])
+    return tf.ensure_shape(image, [_static(out_h), _static(out_w), None])
+
+
+def _static(size):
+    return size if isinstance(size, int) else None
+
+
+def stride_padded_size(height, width, output_size, stride: int):
+    """eval.padding=stride: a resized image's (height, width) rounded up to multiples of `stride`, at most
+    `output_size`. The network then runs on the image rather than on padding: a 640×480 image fitted into
+    512×512 becomes 512×384, a quarter fewer pixels."""
+    def round_up(size, limit):
+        return tf.minimum((size + stride - 1) // stride * stride, limit)
+
+    return round_up(height, output_size[0]), round_up(width, output_size[1])
 
 
 def keep_boxes_with_area(boxes, *others, min_size: float = 1.0):

@@ -11,6 +11,8 @@ from effdet.data.example import parse_fields
 from effdet.data.targets import IGNORE, AnchorLabeler
 from effdet.errors import DataError
 
+PADDINGS = ("square", "stride")  # eval.padding
+
 
 @dataclass(frozen=True)
 class Augmentation:
@@ -74,17 +76,26 @@ class InputPipeline:
                                 deterministic=self.deterministic)
         return self._finish(examples.batch(batch_size, drop_remainder=True))
 
-    def eval(self, batch_size: int, shard: Shard = Shard(), max_examples: Optional[int] = None) -> tf.data.Dataset:
+    def eval(self, batch_size: int, shard: Shard = Shard(), max_examples: Optional[int] = None,
+             padding: str = "square") -> tf.data.Dataset:
         """One pass: (images, targets + what scoring needs: source ids, image scales, ground truth in original
         pixels). The last batch may be smaller. `max_examples` counts over all shards: the same first images
-        are evaluated whatever the number of workers, each record by exactly one."""
+        are evaluated whatever the number of workers, each record by exactly one.
+
+        padding: "square" pads every image to the model's input size; "stride" only to multiples of the
+        coarsest level's stride (eval.padding), and a batch to its largest image. Images then vary in size,
+        so there are no anchor targets: evaluation needs only what scoring needs."""
+        if padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         records = self._records(Shard(), shuffle_files=False)
         if max_examples is not None:
             records = records.take(max_examples)
         if shard.count > 1:
             records = records.shard(shard.count, shard.index)
-        examples = records.map(self._eval_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        return self._finish(examples.batch(batch_size))
+        examples = records.map(lambda record: self._eval_example(record, padding),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        batches = examples.batch(batch_size) if padding == "square" else examples.padded_batch(batch_size)
+        return self._finish(batches)
 
     def _records(self, shard: Shard, shuffle_files: bool) -> tf.data.Dataset:
         # Whole files per worker when there are enough of them (each reads only its files); else records.
@@ -177,7 +188,7 @@ class InputPipeline:
         image.set_shape([*self.image_size, 3])
         return image, targets
 
-    def _eval_example(self, serialized):
+    def _eval_example(self, serialized, padding: str):
         fields = parse_fields(serialized)
         height, width = tf.unstack(self._image_shape(fields))
         window, image_scale = augment.fit_crop(height, width, self.image_size)
@@ -186,10 +197,16 @@ class InputPipeline:
         size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
         original_boxes = fields["boxes"] * size
         image, boxes = augment.resize_window(image, original_boxes, offset, image_scale, self.image_size, ratio)
-        image = augment.pad_image(image, self.image_size)
-        kept_boxes, classes, is_crowd = augment.keep_boxes_with_area(boxes, fields["classes"], fields["is_crowd"])
-        targets = self.labeler.label(kept_boxes, classes, is_crowd)
-        image.set_shape([*self.image_size, 3])
+        if padding == "square":
+            image = augment.pad_image(image, self.image_size)
+            kept_boxes, classes, is_crowd = augment.keep_boxes_with_area(boxes, fields["classes"],
+                                                                         fields["is_crowd"])
+            targets = self.labeler.label(kept_boxes, classes, is_crowd)
+            image.set_shape([*self.image_size, 3])
+        else:
+            image = augment.pad_image(image, augment.stride_padded_size(
+                tf.shape(image)[0], tf.shape(image)[1], self.image_size, self.labeler.coarsest_stride))
+            targets = {}
         n = self.max_instances
         targets.update({
             "source_id": fields["source_id"],
@@ -205,9 +222,11 @@ class InputPipeline:
 
 
 
-def inference_example(encoded: tf.Tensor, image_size: Tuple[int, int], reduced_decode: bool = True):
+def inference_example(encoded: tf.Tensor, image_size: Tuple[int, int], reduced_decode: bool = True,
+                      pad_multiple: Optional[int] = None):
     """An encoded image (JPEG, PNG, BMP or GIF; any size) → the model's uint8 input, as evaluation prepares it
-    (resized to fit, padded bottom-right), its scale (input pixels per original pixel) and (height, width)."""
+    (resized to fit, padded bottom-right), its scale (input pixels per original pixel) and (height, width).
+    With `pad_multiple` (eval.padding=stride) it is padded only up to multiples of it, not to `image_size`."""
     fields = {"encoded": encoded}
     is_jpeg = tf.io.is_jpeg(encoded)
     shape = tf.cond(is_jpeg, lambda: tf.image.extract_jpeg_shape(encoded)[:2],
@@ -217,6 +236,27 @@ def inference_example(encoded: tf.Tensor, image_size: Tuple[int, int], reduced_d
     ratio = tf.where(is_jpeg, augment.decode_ratio(image_scale), 1) if reduced_decode else 1
     image, offset = InputPipeline._decode(fields, window, (height, width), ratio)
     image, _ = augment.resize_window(image, tf.zeros([0, 4]), offset, image_scale, image_size, ratio)
-    image = augment.pad_image(image, image_size)
-    image.set_shape([*image_size, 3])
+    if pad_multiple is None:
+        image = augment.pad_image(image, image_size)
+        image.set_shape([*image_size, 3])
+    else:
+        image = augment.pad_image(image, augment.stride_padded_size(tf.shape(image)[0], tf.shape(image)[1],
+                                                                    image_size, pad_multiple))
     return image, image_scale, tf.stack([height, width])
+
+
+def prepare_images(images: tf.Tensor, image_size: Tuple[int, int], pad_multiple: Optional[int] = None):
+    """A batch of same-sized uint8 images [B, H, W, 3] → (pixels, image scales [B], original sizes [B, 2]): the
+    arithmetic of `inference_example` (fit, bilinear resize, round, pad bottom-right) on decoded images, for
+    the SavedModel and the inference benchmark."""
+    batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
+    _, image_scale = augment.fit_crop(height, width, image_size)
+    out_h, out_w = image_size
+    resized_h = tf.minimum(tf.cast(tf.round(tf.cast(height, tf.float32) * image_scale), tf.int32), out_h)
+    resized_w = tf.minimum(tf.cast(tf.round(tf.cast(width, tf.float32) * image_scale), tf.int32), out_w)
+    resized = tf.image.resize(images, [tf.maximum(resized_h, 1), tf.maximum(resized_w, 1)])
+    pixels = tf.cast(resized + 0.5, tf.uint8)
+    if pad_multiple is not None:
+        out_h, out_w = augment.stride_padded_size(resized_h, resized_w, image_size, pad_multiple)
+    pixels = tf.pad(pixels, [[0, 0], [0, out_h - tf.shape(pixels)[1]], [0, out_w - tf.shape(pixels)[2]], [0, 0]])
+    return pixels, tf.fill([batch], image_scale), tf.tile([[height, width]], [batch, 1])

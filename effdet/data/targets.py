@@ -53,7 +53,9 @@ class AnchorLabeler:
         self.image_size = tuple(image_size)
         self.min_level, self.max_level = min_level, max_level
         self.anchors_per_location = num_scales * len(aspect_ratios)
-        anchors = anchor_boxes(image_size, min_level, max_level, num_scales, aspect_ratios, anchor_scale)
+        self.anchor_settings = dict(min_level=min_level, max_level=max_level, num_scales=num_scales,
+                                    aspect_ratios=tuple(aspect_ratios), anchor_scale=anchor_scale)
+        anchors = anchor_boxes(image_size, **self.anchor_settings)
         self.anchors = tf.constant(anchors)
         self.match_threshold = match_threshold
         sizes = feature_sizes(image_size, max_level)
@@ -80,6 +82,17 @@ class AnchorLabeler:
         size = np.stack([height + box_coder.EPSILON, width + box_coder.EPSILON], axis=1).astype(np.float32)
         self._size = tf.constant(size)
         self._log_size = tf.math.log(self._size)
+
+    @property
+    def coarsest_stride(self) -> int:
+        """Input sizes that are multiples of this give every level whole cells (eval.padding=stride)."""
+        return 2 ** self.max_level
+
+    def anchors_at(self, image_size: Tuple[int, int]) -> tf.Tensor:
+        """The anchors [N, 4] of an input of another size (eval.padding=stride), in the heads' output order."""
+        if tuple(image_size) == self.image_size:
+            return self.anchors
+        return tf.constant(anchor_boxes(tuple(image_size), **self.anchor_settings))
 
     def label(self, boxes: tf.Tensor, classes: tf.Tensor, is_crowd: tf.Tensor) -> Dict[str, tf.Tensor]:
         """boxes [M, 4] in pixels of the model input, classes [M] dataset ids 1..num_classes, is_crowd [M].

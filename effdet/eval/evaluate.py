@@ -23,23 +23,24 @@ RECORDED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, eval_cfg: Any):
     """(images at the model's input size, image scales, original sizes) → detections in original pixels, the
     network run by `eval.engine`."""
-    anchors = labeler.anchors
     settings = dict(max_detections=eval_cfg.max_detections, score_threshold=eval_cfg.score_threshold,
                     nms=eval_cfg.nms, iou_threshold=eval_cfg.iou_threshold, soft_nms_sigma=eval_cfg.soft_nms_sigma)
     make_network = ENGINES.get(eval_cfg.engine, where="eval.engine")
-    networks = {}  # by input size; built at the first batch (the model's input size)
+    # By input size, built at its first batch: the model's input size, or several with eval.padding=stride.
+    networks, anchors = {}, {}
 
     @tf.function(autograph=False)
-    def finish(logits, codes, image_scales, original_sizes):
-        return postprocess(logits, codes, anchors, image_scales, num_classes, original_sizes=original_sizes,
+    def finish(logits, codes, size_anchors, image_scales, original_sizes):
+        return postprocess(logits, codes, size_anchors, image_scales, num_classes, original_sizes=original_sizes,
                            **settings)
 
     def detect(images, image_scales, original_sizes):
         size = tuple(images.shape[1:3])
         if size not in networks:
             networks[size] = make_network(model, num_classes, size)
+            anchors[size] = labeler.anchors_at(size)
         logits, codes = networks[size](images)
-        return finish(logits, codes, image_scales, original_sizes)
+        return finish(logits, codes, anchors[size], image_scales, original_sizes)
 
     return detect
 
@@ -51,7 +52,8 @@ def detect_split(model, source: DataSource, labeler: AnchorLabeler, data_cfg: An
     detect = detector(model, labeler, source.num_classes, eval_cfg)
     pipeline = build_input(data_cfg, source, labeler, "val")
     rows, image_ids = [], []
-    for images, batch in pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples):
+    for images, batch in pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples,
+                                       eval_cfg.padding):
         detections = detect(images, batch["image_scale"], batch["original_size"])
         ids = [image_id_of(source_id) for source_id in batch["source_id"].numpy()]
         rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, ids))

@@ -8,8 +8,8 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
-from effdet.data import augment
 from effdet.data.builder import build_labeler
+from effdet.data.pipeline import prepare_images
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
 from effdet.eval.engines import tflite_model
@@ -38,17 +38,10 @@ class Detector(tf.Module):
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def prepare(self, images):
         """images → (pixels at the model's input size, image scales [B], original sizes [B, 2]): the same
-        arithmetic as evaluation's input pipeline (fit, bilinear resize, round, pad bottom-right)."""
-        batch, height, width = tf.shape(images)[0], tf.shape(images)[1], tf.shape(images)[2]
-        _, image_scale = augment.fit_crop(height, width, self.image_size)
-        out_h, out_w = self.image_size
-        resized_h = tf.minimum(tf.cast(tf.round(tf.cast(height, tf.float32) * image_scale), tf.int32), out_h)
-        resized_w = tf.minimum(tf.cast(tf.round(tf.cast(width, tf.float32) * image_scale), tf.int32), out_w)
-        resized = tf.image.resize(images, [tf.maximum(resized_h, 1), tf.maximum(resized_w, 1)])
-        pixels = tf.cast(resized + 0.5, tf.uint8)
-        pixels = tf.pad(pixels, [[0, 0], [0, out_h - tf.shape(pixels)[1]], [0, out_w - tf.shape(pixels)[2]], [0, 0]])
-        pixels = tf.ensure_shape(pixels, [None, out_h, out_w, 3])
-        return pixels, tf.fill([batch], image_scale), tf.tile([[height, width]], [batch, 1])
+        arithmetic as evaluation's input pipeline (fit, bilinear resize, round, pad bottom-right). Always
+        padded to the square input: the graph's network and anchors are traced for that one size."""
+        pixels, image_scales, original_sizes = prepare_images(images, self.image_size)
+        return tf.ensure_shape(pixels, [None, *self.image_size, 3]), image_scales, original_sizes
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve(self, images):
@@ -64,6 +57,10 @@ def export(cfg: Any, run_dir: str) -> Dict[str, Any]:
     if not export_cfg.ckpt:
         raise ConfigError("mode=export needs export.ckpt: a checkpoint, a directory of checkpoints or a run dir")
     prefix = checkpoint_of(export_cfg.ckpt, key="export.ckpt")
+    if cfg.eval.padding != "square":
+        log.warning("eval.padding=%s is for mode=eval and mode=infer: the SavedModel and the TFLite model take "
+                    "the square input (%s), whose network and anchors are fixed in them", cfg.eval.padding,
+                    "x".join(map(str, image_size_of(cfg.model))))
     source = build_source(cfg.data)
     labeler = build_labeler(cfg.model)
     model = build_model(cfg.model, source.num_classes)

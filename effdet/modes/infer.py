@@ -48,11 +48,14 @@ def infer(cfg: Any, run_dir: str) -> Dict[str, Any]:
     os.makedirs(output_dir, exist_ok=True)
     image_size = image_size_of(cfg.model)
 
-    def prepare(path):
-        return inference_example(tf.io.read_file(path), image_size, cfg.data.reduced_decode)
+    pad_multiple = labeler.coarsest_stride if cfg.eval.padding == "stride" else None
 
+    def prepare(path):
+        return inference_example(tf.io.read_file(path), image_size, cfg.data.reduced_decode, pad_multiple)
+
+    # padded_batch: with eval.padding=stride the images of a batch differ in size (padded to the largest)
     batches = tf.data.Dataset.from_tensor_slices(paths).map(prepare, num_parallel_calls=tf.data.AUTOTUNE) \
-        .batch(infer_cfg.batch_size).prefetch(1)
+        .padded_batch(infer_cfg.batch_size).prefetch(1)
     names = output_names(paths)
     written, index = [], 0
     for images, scales, sizes in batches:

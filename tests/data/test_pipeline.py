@@ -204,6 +204,31 @@ def test_eval_keeps_what_maps_detections_back_to_the_original_image(rectangles):
     assert red_fraction(images.numpy()[0], np.array([30, 40, 90, 100]) * 0.4) == 1.0
 
 
+def test_stride_padding_gives_the_square_images_without_their_padding_rows(rectangles):
+    pipeline = InputPipeline(rectangles, labeler(128))  # levels 3-5: the coarsest stride is 32
+    images, targets = next(iter(pipeline.eval(batch_size=2, padding="stride")))
+    # 120x160 into 128x128: scale 0.8, the image fills 96x128, which is already a multiple of 32
+    assert images.shape[1:] == (96, 128, 3)
+    np.testing.assert_allclose(targets["image_scale"].numpy(), [0.8, 0.8])
+    np.testing.assert_array_equal(targets["original_size"].numpy()[0], [120, 160])
+    square, _ = next(iter(pipeline.eval(batch_size=2)))
+    np.testing.assert_array_equal(images.numpy(), square.numpy()[:, :96])
+    assert (square.numpy()[:, 96:] == 0).all()
+    with pytest.raises(ValueError, match="padding must be one of"):
+        pipeline.eval(batch_size=2, padding="rectangle")
+
+
+@pytest.mark.parametrize("resized, output, stride, expected", [
+    ((77, 128), (128, 128), 32, (96, 128)),  # rounded up to whole cells of the coarsest level
+    ((96, 128), (128, 128), 32, (96, 128)),  # already whole
+    ((100, 40), (128, 128), 128, (128, 128)),  # never beyond the square input
+    ((240, 320), (320, 320), 128, (256, 320)),  # lite0: 320 is no multiple of 128; capped like the square
+])
+def test_stride_padded_sizes(resized, output, stride, expected):
+    size = augment.stride_padded_size(tf.constant(resized[0]), tf.constant(resized[1]), output, stride)
+    assert tuple(int(s) for s in size) == expected
+
+
 def test_png_records_and_records_without_sizes_are_read(tmp_path):
     array = image_with_rectangle(50, 60, (10, 10, 40, 50))
     buffer = io.BytesIO()

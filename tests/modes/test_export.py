@@ -8,10 +8,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from effdet.data.builder import build_labeler
-from effdet.data.pipeline import inference_example
+from effdet.data.pipeline import inference_example, prepare_images
 from effdet.eval.engines import TFLiteNetwork, tflite_interpreter
 from effdet.eval.evaluate import detector
-from effdet.eval.postprocess import flatten_outputs
+from effdet.eval.postprocess import flatten_outputs, input_extent
 from effdet.model.builder import build_model, image_size_of
 from effdet.modes.export import Detector, export_tflite
 from tests.conftest import compose
@@ -79,11 +79,50 @@ def test_the_tflite_engine_detects_what_the_tensorflow_engine_detects(exported, 
         pixels, scales, sizes = module.prepare(tf.constant(pictures(90, 150, count=batch, seed=batch)))
         want = detector(model, labeler, 6, cfg.eval)(pixels, scales, sizes)
         got = detector(model, labeler, 6, OmegaConf.merge(cfg.eval, {"engine": "tflite"}))(pixels, scales, sizes)
-        np.testing.assert_array_equal(got["num_detections"].numpy(), want["num_detections"].numpy())
         assert int(got["num_detections"][0]) > 0
-        np.testing.assert_allclose(got["scores"].numpy(), want["scores"].numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(got["boxes"].numpy(), want["boxes"].numpy(), rtol=1e-4, atol=1e-2)
+        assert_same_detections(got, want)
     assert len(invoked) == 3  # the network ran in TFLite, once a batch
+
+
+def test_stride_padding_detects_on_the_image_alone_with_the_anchors_of_its_size():
+    """eval.padding=stride: the network runs at 96x128 for 90x150 pictures (levels up to 5, fitted into
+    128x128 at 77x128), both engines agree there, and the boxes are in the pictures' own pixels."""
+    cfg = compose(["model=efficientdet-lite0", "data=shapes", "model.image_size=128", "model.fpn_num_filters=16",
+                   "model.fpn_cell_repeats=1", "model.box_class_repeats=1", "model.max_level=5",
+                   "eval.padding=stride"])
+    model = build_model(cfg.model, 6)
+    labeler = build_labeler(cfg.model)
+    pixels, scales, sizes = prepare_images(tf.constant(pictures(90, 150)), image_size_of(cfg.model),
+                                           labeler.coarsest_stride)
+    assert tuple(pixels.shape[1:3]) == (96, 128)
+    anchors = labeler.anchors_at((96, 128))
+    assert anchors.shape[0] == 9 * (12 * 16 + 6 * 8 + 3 * 4)  # levels 3-5 of a 96x128 input
+    np.testing.assert_allclose(input_extent(anchors).numpy(), [96, 128])
+    want = detector(model, labeler, 6, cfg.eval)(pixels, scales, sizes)
+    got = detector(model, labeler, 6, OmegaConf.merge(cfg.eval, {"engine": "tflite"}))(pixels, scales, sizes)
+    assert int(want["num_detections"][0]) > 0
+    assert_same_detections(got, want)
+    boxes = want["boxes"].numpy()
+    assert boxes[..., 2].max() <= 90 and boxes[..., 3].max() <= 150
+
+
+def assert_same_detections(got, want, score_tolerance=1e-4, box_tolerance=1e-2):
+    """Both engines found the same detections: as many per image, the same scores in the same order, and each
+    detection's class and box among those of the other engine's detections of (nearly) the same score. The
+    engines' float rounding may swap two detections whose scores tie within it, so boxes are not compared
+    position by position."""
+    got, want = ({key: np.asarray(value) for key, value in d.items()} for d in (got, want))
+    np.testing.assert_array_equal(got["num_detections"], want["num_detections"])
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=score_tolerance, atol=1e-5)
+    for b, count in enumerate(want["num_detections"]):
+        unmatched = list(range(count))
+        for i in range(count):
+            candidates = [j for j in unmatched
+                          if abs(want["scores"][b, j] - got["scores"][b, i]) <= score_tolerance
+                          and want["classes"][b, j] == got["classes"][b, i]]
+            distances = [np.abs(want["boxes"][b, j] - got["boxes"][b, i]).max() for j in candidates]
+            assert distances and min(distances) <= box_tolerance, (b, i, got["boxes"][b, i])
+            unmatched.remove(candidates[int(np.argmin(distances))])
 
 
 def _png(image):
