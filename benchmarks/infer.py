@@ -49,7 +49,7 @@ def main():
     import tensorflow as tf
 
     from effdet.data.builder import build_labeler
-    from effdet.data.pipeline import prepare_images
+    from effdet.data.pipeline import padding_multiple, prepare_images
     from effdet.eval.evaluate import detector
     from effdet.model.builder import build_model, image_size_of
     from effdet.modes.export import Detector
@@ -61,8 +61,8 @@ def main():
         serve = module.serve  # the SavedModel's graph
     else:  # what mode=eval and mode=infer run
         detect = detector(model, labeler, cfg.data.num_classes, cfg.eval)
-        pad_multiple = labeler.coarsest_stride if cfg.eval.padding == "stride" else None
-        prepare = tf.function(lambda images: prepare_images(images, image_size_of(cfg.model), pad_multiple),
+        multiple = padding_multiple(cfg.eval.padding, labeler)
+        prepare = tf.function(lambda images: prepare_images(images, image_size_of(cfg.model), multiple),
                               autograph=False)
 
         def serve(images):

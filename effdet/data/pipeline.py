@@ -14,6 +14,13 @@ from effdet.errors import DataError
 PADDINGS = ("square", "stride")  # eval.padding
 
 
+def padding_multiple(padding: str, labeler: AnchorLabeler) -> Optional[int]:
+    """What eval.padding pads images to multiples of: None for the square input, else the coarsest stride."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    return None if padding == "square" else labeler.coarsest_stride
+
+
 @dataclass(frozen=True)
 class Augmentation:
     jitter_min: float = 0.1
@@ -85,16 +92,15 @@ class InputPipeline:
         padding: "square" pads every image to the model's input size; "stride" only to multiples of the
         coarsest level's stride (eval.padding), and a batch to its largest image. Images then vary in size,
         so there are no anchor targets: evaluation needs only what scoring needs."""
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+        multiple = padding_multiple(padding, self.labeler)
         records = self._records(Shard(), shuffle_files=False)
         if max_examples is not None:
             records = records.take(max_examples)
         if shard.count > 1:
             records = records.shard(shard.count, shard.index)
-        examples = records.map(lambda record: self._eval_example(record, padding),
+        examples = records.map(lambda record: self._eval_example(record, multiple),
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        batches = examples.batch(batch_size) if padding == "square" else examples.padded_batch(batch_size)
+        batches = examples.batch(batch_size) if multiple is None else examples.padded_batch(batch_size)
         return self._finish(batches)
 
     def _records(self, shard: Shard, shuffle_files: bool) -> tf.data.Dataset:
@@ -188,7 +194,7 @@ class InputPipeline:
         image.set_shape([*self.image_size, 3])
         return image, targets
 
-    def _eval_example(self, serialized, padding: str):
+    def _eval_example(self, serialized, multiple: Optional[int]):
         fields = parse_fields(serialized)
         height, width = tf.unstack(self._image_shape(fields))
         window, image_scale = augment.fit_crop(height, width, self.image_size)
@@ -197,7 +203,7 @@ class InputPipeline:
         size = tf.cast(tf.stack([height, width, height, width]), tf.float32)
         original_boxes = fields["boxes"] * size
         image, boxes = augment.resize_window(image, original_boxes, offset, image_scale, self.image_size, ratio)
-        if padding == "square":
+        if multiple is None:
             image = augment.pad_image(image, self.image_size)
             kept_boxes, classes, is_crowd = augment.keep_boxes_with_area(boxes, fields["classes"],
                                                                          fields["is_crowd"])
@@ -205,7 +211,7 @@ class InputPipeline:
             image.set_shape([*self.image_size, 3])
         else:
             image = augment.pad_image(image, augment.stride_padded_size(
-                tf.shape(image)[0], tf.shape(image)[1], self.image_size, self.labeler.coarsest_stride))
+                tf.shape(image)[0], tf.shape(image)[1], self.image_size, multiple))
             targets = {}
         n = self.max_instances
         targets.update({

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from effdet.data.builder import build_labeler
-from effdet.data.pipeline import inference_example
+from effdet.data.pipeline import inference_example, padding_multiple
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
 from effdet.eval.evaluate import detector
@@ -48,10 +48,10 @@ def infer(cfg: Any, run_dir: str) -> Dict[str, Any]:
     os.makedirs(output_dir, exist_ok=True)
     image_size = image_size_of(cfg.model)
 
-    pad_multiple = labeler.coarsest_stride if cfg.eval.padding == "stride" else None
+    multiple = padding_multiple(cfg.eval.padding, labeler)
 
     def prepare(path):
-        return inference_example(tf.io.read_file(path), image_size, cfg.data.reduced_decode, pad_multiple)
+        return inference_example(tf.io.read_file(path), image_size, cfg.data.reduced_decode, multiple)
 
     # padded_batch: with eval.padding=stride the images of a batch differ in size (padded to the largest)
     batches = tf.data.Dataset.from_tensor_slices(paths).map(prepare, num_parallel_calls=tf.data.AUTOTUNE) \
