@@ -218,6 +218,17 @@ def test_stride_padding_gives_the_square_images_without_their_padding_rows(recta
         pipeline.eval(batch_size=2, padding="rectangle")
 
 
+def test_stride_padding_pads_a_batch_of_two_orientations_to_the_largest(tmp_path):
+    write_records(tmp_path / "mixed.tfrecord", [rectangle_record(0), rectangle_record(1, height=160, width=120)])
+    images, targets = next(iter(InputPipeline(str(tmp_path / "mixed.tfrecord"), labeler(128)).eval(
+        batch_size=2, padding="stride")))
+    # 120x160 → 96x128 and 160x120 → 128x96, both whole cells of stride 32: together they need 128x128
+    assert images.shape[1:] == (128, 128, 3)
+    np.testing.assert_array_equal(targets["original_size"].numpy(), [[120, 160], [160, 120]])
+    assert images.numpy()[0, 96:].max() == 0 and images.numpy()[1, :, 96:].max() == 0
+    assert images.numpy()[0, :96].max(axis=-1).min() > 0 and images.numpy()[1, :, :96].max(axis=-1).min() > 0
+
+
 @pytest.mark.parametrize("resized, output, stride, expected", [
     ((77, 128), (128, 128), 32, (96, 128)),  # rounded up to whole cells of the coarsest level
     ((96, 128), (128, 128), 32, (96, 128)),  # already whole
