@@ -5,7 +5,11 @@
 EfficientDet-D0 on data=fake (no input cost), fp32, through the same builders as `python run.py`; each worker
 is pinned to its own core and runs TensorFlow with one thread. Prints the training throughput of both runs,
 the scaling efficiency (2-worker images/s over twice the 1-worker's; target ≥ 90 %) and the time one
-all-reduce of all gradients takes (Gloo on localhost), measured alone after training.
+all-reduce of all gradients takes (Gloo on localhost), measured alone after training. The workers run with
+hardware=cpu's Horovod cycle (20 ms); `--override hardware.horovod_cycle_time_ms=null` gives Horovod's own 1 ms.
+
+Two independent workers side by side, one per core and without Horovod, show what the machine itself allows:
+their sum, and the lockstep ceiling, twice the slower one's rate, since synchronous workers wait for the slowest.
 
 For every worker it also prints where a step's wall time went, from the CPU time of its threads (Linux /proc):
 the thread TensorFlow runs the step on, all its other threads (Horovod's background and Gloo threads, tf.data,
@@ -45,6 +49,7 @@ def measure(args) -> None:
     choose_onednn(cfg.hardware.onednn)
     validate(cfg)
     from effdet.hardware import setup_hardware
+    from effdet.hardware.horovod_tuning import describe_cycle
 
     setup_hardware(cfg.hardware)
     import tensorflow as tf
@@ -79,7 +84,14 @@ def measure(args) -> None:
         print("RESULT " + json.dumps({
             "workers": workers.size, "images_per_second": summary["images_per_second"],
             "seconds_per_step": summary["seconds"] / args.steps, "allreduce_seconds": allreduce, "threads": per_rank,
-            "gradient_megabytes": sum(int(g.shape.num_elements()) for g in gradients) * 4 / 2 ** 20}), flush=True)
+            "cycle": describe_cycle(), "gradient_megabytes": sum(int(g.shape.num_elements()) for g in gradients) * 4 / 2 ** 20}), flush=True)
+
+
+def lockstep_ceiling(side_by_side: list, one: float) -> float:
+    """The most synchronous data parallelism could reach, as a fraction of twice one worker: every step waits for
+    the slowest worker, so N workers run at N times the slowest one's rate (here: each core's, measured side by
+    side, with the other core busy too)."""
+    return len(side_by_side) * min(side_by_side) / (len(side_by_side) * one)
 
 
 def thread_cpu_seconds() -> dict:
@@ -182,12 +194,16 @@ def main():
           flush=True)
     for core, result in enumerate(alone):
         print(f"  core {core} per step: {compare(result['threads'][0], one)}", flush=True)
+    lockstep = lockstep_ceiling([r["images_per_second"] for r in alone], one["images_per_second"])
+    print(f"  in lockstep the slower core sets the pace: {100 * lockstep:.1f} % of twice one is the most 2 synchronous "
+          "workers could reach", flush=True)
     two = run([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", *worker], "2 workers")
     print(f"2 workers: {two['images_per_second']:.3f} images/s ({two['seconds_per_step']:.2f} s/step)")
     for rank, threads in enumerate(two["threads"]):
         print(f"  rank {rank} per step: {compare(threads, one)}")
     efficiency = two["images_per_second"] / (2 * one["images_per_second"])
-    print(f"scaling efficiency: {100 * efficiency:.1f} % (target >= 90 %)")
+    print(f"scaling efficiency: {100 * efficiency:.1f} % (target >= 90 %); {100 * efficiency / lockstep:.1f} % of "
+          f"the lockstep ceiling; Horovod's cycle: {two['cycle']}")
     print(f"all-reduce of all gradients ({two['gradient_megabytes']:.1f} MB fp32), alone: "
           f"{1000 * two['allreduce_seconds']:.1f} ms = {100 * two['allreduce_seconds'] / two['seconds_per_step']:.1f} "
           f"% of a step")

@@ -259,7 +259,8 @@ def test_two_workers_train_through_horovod_into_one_output_dir_and_evaluate_thei
     tiny = [arg for arg in tiny_training(tmp_path, "unused") if not arg.startswith("hydra.run.dir")]
     args = [*tiny, "data.synthetic.num_val=6", "trainer.batch_size=2", "trainer.total_steps=4",
             "trainer.checkpoint_every_n_steps=2", "trainer.log_every_n_steps=2", "eval.batch_size=3"]
-    result = run_cli(*args, "hardware.num_workers=2", cwd=tmp_path)
+    environment = {name: value for name, value in os.environ.items() if name != "HOROVOD_CYCLE_TIME"}
+    result = run_cli(*args, "hardware.num_workers=2", cwd=tmp_path, env=environment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "starting 2 workers: horovodrun -np 2 -H localhost:2 --gloo" in result.stdout
     run_dirs = list((tmp_path / "outputs").glob("*/*"))
@@ -269,6 +270,7 @@ def test_two_workers_train_through_horovod_into_one_output_dir_and_evaluate_thei
                                                            "ckpt-4.data-00000-of-00001", "ckpt-4.index"]
     log = (run_dir / "run.log").read_text()
     assert log.count("training efficientdet-lite0 on shapes") == 1 and "global batch 4 on 2 worker(s)" in log
+    assert "Horovod's cycle: HOROVOD_CYCLE_TIME=20 ms" in log  # conf/hardware/cpu.yaml's, through horovodrun
     steps = [json.loads(line)["step"] for line in (run_dir / "train_history.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # one writer
     assert "hardware.num_workers=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()

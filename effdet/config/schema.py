@@ -111,6 +111,8 @@ class HardwareConfig:
     malloc_tuning: bool = True
     # TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS), which TF 2.15 leaves off on CPUs without AVX-512
     onednn: bool = True
+    # Horovod's background cycle (HOROVOD_CYCLE_TIME, which wins when set); null: Horovod's own, 1 ms
+    horovod_cycle_time_ms: Optional[float] = field(default=None, metadata={"min": 0.1})
     # Gaudi (hls1, hls1h): the HCCL API needs no HCL config file; HCL_PORT of the file otherwise
     hccl: bool = False
     hcl_port: int = field(default=5332, metadata={"min": 1, "max": 65535})

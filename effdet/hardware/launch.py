@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from effdet.errors import ConfigError, EffdetError
+from effdet.hardware.horovod_tuning import horovod_variables
 from effdet.hardware.ranks import launched_as_worker, rank_from_env, size_from_env
 
 RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "run.py")
@@ -107,6 +108,7 @@ def plan_launch(hardware_cfg: Any, run_dir: str, overrides: Sequence[str], pytho
 
     if hardware_cfg.name in SERVERS:
         launch.env.update(hcl_setup_for_launch(hardware_cfg, hosts, run_dir, env, launch.files))
+    launch.env.update(horovod_variables(hardware_cfg, env))  # the workers set them too; here a dry run shows them
     if hardware_cfg.launcher == "mpirun":
         cores = physical_cores or count_physical_cores()
         per_worker = hardware_cfg.cores_per_worker or max(1, cores // max(slots for _, slots in hosts))

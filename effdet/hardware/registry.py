@@ -1,6 +1,8 @@
 import logging
 from typing import Any
 
+from effdet.hardware.horovod_tuning import apply_horovod_variables, describe_cycle
+from effdet.hardware.ranks import launched_as_worker
 from effdet.registry import Registry
 from effdet.tensorflow_env import choose_onednn
 
@@ -27,4 +29,7 @@ def setup_hardware(hardware_cfg: Any):
         from effdet.hardware.host_memory import keep_large_buffers_in_heap
 
         keep_large_buffers_in_heap()
+    if launched_as_worker():  # Horovod will start in this process and read its variables once, then
+        apply_horovod_variables(hardware_cfg)
+        log.info("Horovod's cycle: %s", describe_cycle())
     return HARDWARE.get(hardware_cfg.name, where="hardware.name")(hardware_cfg)

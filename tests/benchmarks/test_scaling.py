@@ -4,6 +4,7 @@ import os
 import threading
 import time
 
+import pytest
 import tensorflow as tf
 
 PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks",
@@ -53,3 +54,9 @@ def test_the_window_runs_from_the_first_loop_call_to_the_last_loops_end():
     trainer._loop(2)
     assert window["start"][1] == started and window["end"][1] - started >= 0.1
     assert float(first["total_loss"]) == 1.0
+
+
+def test_the_lockstep_ceiling_is_the_slower_workers_rate_times_the_workers():
+    # cores at 4.0 and 3.0 images/s side by side, one worker alone at 4.0: lockstep allows 2 × 3.0 of 2 × 4.0
+    assert scaling.lockstep_ceiling([4.0, 3.0], one=4.0) == pytest.approx(0.75)
+    assert scaling.lockstep_ceiling([3.0, 3.0, 3.0], one=3.0) == pytest.approx(1.0)

@@ -7,7 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
+from effdet.config import validate
 from effdet.errors import ConfigError
+from effdet.hardware import setup_hardware
 from effdet.hardware.gaudi import MISSING_BRIDGE, hcl_config, module_id, require_habana
 from effdet.hardware.gpu import setup_gpu
 from effdet.hardware.launch import RUN_PY, check_mode_workers, needs_launch, parse_hosts, plan_launch, worker_overrides
@@ -40,7 +42,7 @@ def worker_part():
 def test_two_cpu_workers_are_started_by_horovodrun_with_gloo_in_the_jobs_one_output_dir():
     launch = plan("hardware.num_workers=2")
     assert launch.command == ["horovodrun", "-np", "2", "-H", "localhost:2", "--gloo"] + worker_part()
-    assert launch.num_workers == 2 and launch.files == {} and launch.env == {}
+    assert launch.num_workers == 2 and launch.files == {} and launch.env == {"HOROVOD_CYCLE_TIME": "20"}
 
 
 def test_several_hosts_with_horovodrun():
@@ -53,6 +55,33 @@ def test_mpirun_passes_horovods_tuning_variables_on_to_every_worker():
                   env={"HOROVOD_CYCLE_TIME": "20", "HOROVOD_FUSION_THRESHOLD": "0", "HOME": "/root"})
     forwarded = [launch.command[i + 1] for i, arg in enumerate(launch.command) if arg == "-x"]
     assert forwarded == ["HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD"]
+
+
+def test_cpu_workers_get_a_20_ms_horovod_cycle_unless_the_user_chose_one_and_accelerators_keep_horovods():
+    assert plan("hardware.num_workers=2").env == {"HOROVOD_CYCLE_TIME": "20"}
+    assert plan("hardware.num_workers=2", "hardware.horovod_cycle_time_ms=2.5").env == {"HOROVOD_CYCLE_TIME": "2.5"}
+    assert plan("hardware.num_workers=2", env={"HOROVOD_CYCLE_TIME": "5"}).env == {}  # the user's variable wins
+    assert plan("hardware.num_workers=2", "hardware.horovod_cycle_time_ms=null").env == {}
+    for device in ("gpu", "hls1", "hls1h"):
+        assert "HOROVOD_CYCLE_TIME" not in plan(f"hardware={device}", "hardware.num_workers=2").env
+    mpirun = plan("hardware.num_workers=2", "hardware.launcher=mpirun").command
+    assert mpirun[mpirun.index("HOROVOD_CYCLE_TIME") - 1] == "-x"
+    with pytest.raises(ConfigError, match="horovod_cycle_time_ms=0.0 is too small"):
+        validate(compose(["hardware.horovod_cycle_time_ms=0"]))
+
+
+def test_a_worker_sets_its_horovod_cycle_before_horovod_starts_even_when_launched_from_outside(monkeypatch):
+    """An outside `mpirun python run.py` passes no variable of ours: the worker's own hardware setup sets it,
+    before init_workers() starts Horovod (which reads it once)."""
+    monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
+    setup_hardware(hardware())
+    assert "HOROVOD_CYCLE_TIME" not in os.environ  # one process, no Horovod: nothing to tune, nothing inherited
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
+    setup_hardware(hardware())
+    assert os.environ["HOROVOD_CYCLE_TIME"] == "20"
+    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "3")
+    setup_hardware(hardware("hardware.horovod_cycle_time_ms=40"))
+    assert os.environ["HOROVOD_CYCLE_TIME"] == "3"
 
 
 def test_hls1_is_the_mpirun_command_of_habanas_launcher_with_an_hcl_config_for_eight_cards():
