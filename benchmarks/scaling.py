@@ -84,14 +84,15 @@ def measure(args) -> None:
         print("RESULT " + json.dumps({
             "workers": workers.size, "images_per_second": summary["images_per_second"],
             "seconds_per_step": summary["seconds"] / args.steps, "allreduce_seconds": allreduce, "threads": per_rank,
-            "cycle": describe_cycle(), "gradient_megabytes": sum(int(g.shape.num_elements()) for g in gradients) * 4 / 2 ** 20}), flush=True)
+            "cycle": describe_cycle(),
+            "gradient_megabytes": sum(int(g.shape.num_elements()) for g in gradients) * 4 / 2 ** 20}), flush=True)
 
 
 def lockstep_ceiling(side_by_side: list, one: float) -> float:
     """The most synchronous data parallelism could reach, as a fraction of twice one worker: every step waits for
     the slowest worker, so N workers run at N times the slowest one's rate (here: each core's, measured side by
-    side, with the other core busy too)."""
-    return len(side_by_side) * min(side_by_side) / (len(side_by_side) * one)
+    side, with the other core busy too); N times the slowest over N times one worker alone."""
+    return min(side_by_side) / one
 
 
 def thread_cpu_seconds() -> dict:

@@ -73,7 +73,8 @@ def test_cpu_workers_get_a_20_ms_horovod_cycle_unless_the_user_chose_one_and_acc
 def test_a_worker_sets_its_horovod_cycle_before_horovod_starts_even_when_launched_from_outside(monkeypatch):
     """An outside `mpirun python run.py` passes no variable of ours: the worker's own hardware setup sets it,
     before init_workers() starts Horovod (which reads it once)."""
-    monkeypatch.delenv("HOROVOD_CYCLE_TIME", raising=False)
+    monkeypatch.setenv("HOROVOD_CYCLE_TIME", "")  # so that the value the worker sets is undone after the test
+    monkeypatch.delenv("HOROVOD_CYCLE_TIME")
     setup_hardware(hardware())
     assert "HOROVOD_CYCLE_TIME" not in os.environ  # one process, no Horovod: nothing to tune, nothing inherited
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")
