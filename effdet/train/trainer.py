@@ -57,6 +57,7 @@ class Trainer:
         # One JSON line per recorded step, written as training goes: a killed run keeps its curves up to the kill.
         self.history_path = os.path.join(run_dir, "train_history.jsonl")
         self._stop_requested: Optional[str] = None
+        self._input = None  # (dataset_at, step, iterator): where the last fit left this worker's batches
         self._loop = self._build_loop()
 
     # --- state ----------------------------------------------------------------------------------------------
@@ -159,7 +160,7 @@ class Trainer:
         settings = self.settings
         stop_at = settings.total_steps if until is None else min(until, settings.total_steps)
         start_step = int(self.step)
-        iterator = iter(dataset_at(start_step))
+        iterator = self._batches(dataset_at, start_step)
         writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard")) \
             if self.workers.is_chief else tf.summary.create_noop_writer()
         progress = self._progress_bar(start_step)
@@ -194,9 +195,21 @@ class Trainer:
             writer.flush()
         elapsed = time.perf_counter() - started
         trained = int(self.step) - start_step
+        if int(self.step) < settings.total_steps:  # train_and_eval fits again from here after evaluating
+            self._input = (dataset_at, int(self.step), iterator)
         return {"step": int(self.step), "stopped_early": int(self.step) < stop_at,
                 "skipped_steps": int(self.skipped_steps), "seconds": elapsed,
                 "images_per_second": trained * settings.batch_size * self.workers.size / max(elapsed, 1e-9)}
+
+    def _batches(self, dataset_at: Callable[[int], tf.data.Dataset], step: int):
+        """This worker's batches from `step` on: the iterator the last fit left at that step, if any, else a new
+        one. A new stream that starts at step N reads and drops the N × batch records before it (the price of
+        resuming the exact order), so fits that continue one another must not start it anew each time."""
+        kept, self._input = self._input, None
+        if kept is not None and kept[0] == dataset_at and kept[1] == step:
+            return kept[2]
+        del kept  # the old stream's buffers go before the new one fills its own
+        return iter(dataset_at(step))
 
     def _steps_to_next_boundary(self) -> int:
         """Steps until the next log or checkpoint step, so that a loop never runs past one."""

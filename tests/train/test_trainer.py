@@ -172,3 +172,24 @@ def test_xla_compiled_steps_train_like_the_plain_ones(tmp_path):
         runs.append([entry["total_loss"] for entry in trainer.history])
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-3)
     assert runs[1][-1] < runs[1][0]
+
+
+def test_fits_that_continue_one_another_read_on_from_one_input_stream(tmp_path):
+    """train_and_eval fits up to each evaluation, then on from there: one stream of batches, not a new one per fit,
+    whose start would read and drop every record before it. A fit from elsewhere starts a stream at its step."""
+    trainer, data = make_trainer(tmp_path, total_steps=10, make_model=tiny_detector)
+    started_at = []
+
+    def dataset_at(step):
+        started_at.append(step)
+        return data(step)
+
+    trainer.fit(dataset_at, until=4)
+    trainer.fit(dataset_at, until=7)
+    assert trainer.fit(dataset_at)["step"] == 10
+    assert started_at == [0]
+    trainer.settings.total_steps = 12  # the last fit kept nothing: training was over
+    trainer.fit(dataset_at, until=11)
+    trainer.step.assign(5)  # the weights of another step (a restored checkpoint): its own stream
+    trainer.fit(dataset_at, until=6)
+    assert started_at == [0, 10, 5]
