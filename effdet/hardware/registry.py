@@ -29,7 +29,7 @@ def setup_hardware(hardware_cfg: Any):
         from effdet.hardware.host_memory import keep_large_buffers_in_heap
 
         keep_large_buffers_in_heap()
-    if launched_as_worker():  # Horovod will start in this process and read its variables once, then
+    if launched_as_worker():  # Horovod starts in this process soon after, and reads its variables only then
         apply_horovod_variables(hardware_cfg)
         log.info("Horovod's cycle: %s", describe_cycle())
     return HARDWARE.get(hardware_cfg.name, where="hardware.name")(hardware_cfg)
