@@ -20,6 +20,7 @@ from effdet.config.preflight import check_group_choices  # noqa: E402
 from effdet.errors import EffdetError  # noqa: E402
 from effdet.hardware import check_hardware, setup_hardware  # noqa: E402
 from effdet.hardware.launch import check_mode_workers, launch_workers, needs_launch, worker_overrides  # noqa: E402
+from effdet.hardware.ranks import rank_from_env  # noqa: E402
 from effdet.provenance import write_run_info  # noqa: E402
 from effdet.sweep import FailedJob, objective  # noqa: E402
 from effdet.tensorflow_env import choose_onednn  # noqa: E402
@@ -52,14 +53,15 @@ def main(cfg: DictConfig):
     except Exception as error:  # in a sweep, a failed job is a row of its summary and the other jobs go on
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN
         if isinstance(error, EffdetError):
-            print(f"error: {error}", file=sys.stderr)
+            if not (getattr(error, "every_worker", False) and rank_from_env() > 0):  # the same words from each rank
+                print(f"error: {error}", file=sys.stderr)
         elif in_sweep:
             logging.getLogger("run").exception("this job failed")
         else:
             raise
         if in_sweep:
             return FailedJob(error)
-        sys.exit(2)
+        sys.exit(getattr(error, "exit_code", 2))
 
 
 def run_worker(cfg: DictConfig, run_dir: str):

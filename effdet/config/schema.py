@@ -91,6 +91,10 @@ class DataConfig:
     autoaugment_policy: Optional[str] = None  # v0: the detection AutoAugment policy
     # JPEGs shrunk ≥ 2× (jitter, or fitting in eval) are decoded at 1/2, 1/4 or 1/8 resolution (DCT scaling)
     reduced_decode: bool = True
+    # records that fail their CRC, do not parse or hold an undecodable image: skip (counted, reported) or stop
+    # (checkpoint, then exit naming the shard). With skip, the run still stops past this share of records read.
+    on_corrupt: str = field(default="skip", metadata={"choices": ["skip", "stop"]})
+    max_corrupt_fraction: float = fraction(0.01)
 
 
 @dataclass
@@ -205,6 +209,18 @@ class ExportConfig:
 
 
 @dataclass
+class CheckDataConfig:
+    """mode=check_data: the dataset doctor."""
+
+    max_records: Optional[int] = positive(None)  # per split; default: every record
+    min_coverage: float = fraction(0.9)  # anchor coverage of the train boxes under this is an error
+    # candidates for the suggestions: model.anchor_scale, and model.image_size (default: 1.5× and 2× the model's)
+    anchor_scales: List[float] = field(default_factory=lambda: [1.0, 1.5, 2.0, 3.0, 4.0, 5.0])
+    image_sizes: List[int] = field(default_factory=list)
+    max_suggestion_boxes: int = positive(20000)  # the candidates are scored on at most this many boxes
+
+
+@dataclass
 class Config:
     mode: str = registered("train", "effdet.modes:MODES")
     model: ModelConfig = MISSING
@@ -215,6 +231,7 @@ class Config:
     eval: EvalConfig = MISSING
     infer: InferConfig = field(default_factory=InferConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    check_data: CheckDataConfig = field(default_factory=CheckDataConfig)
     # for a sweeper that optimises (hparams_search): the metric of the job's last evaluation that run.py returns
     optimized_metric: Optional[str] = field(default=None, metadata={"choices": [None, "AP", "AP50", "AP75", "APs",
                                                                                 "APm", "APl", "AR100"]})

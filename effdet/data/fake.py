@@ -11,6 +11,7 @@ class FakeInput:
         self.num_classes = num_classes
         self.seed = seed
         self.boxes_per_image = boxes_per_image
+        self.corrupt = None  # it reads no records, so none can be bad
 
     def _example(self, index):
         height, width = self.labeler.image_size

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from effdet.data import augment, autoaugment
 from effdet.data.example import parse_fields
+from effdet.data.reader import CorruptRecords, records_dataset
 from effdet.data.targets import IGNORE, AnchorLabeler
 from effdet.errors import DataError
 
@@ -60,8 +61,11 @@ def pad_to(tensor: tf.Tensor, size: int, value) -> tf.Tensor:
 class InputPipeline:
     def __init__(self, file_pattern: str, labeler: AnchorLabeler, augmentation: Augmentation = Augmentation(),
                  max_instances: int = 100, deterministic: bool = False, seed: int = 0,
-                 shuffle_buffer: int = 1024, cycle_length: int = 8, file_pattern_key: str = ""):
+                 shuffle_buffer: int = 1024, cycle_length: int = 8, file_pattern_key: str = "",
+                 corrupt: Optional[CorruptRecords] = None):
         self.files = list_files(file_pattern, file_pattern_key)
+        # Bad records are skipped by the readers and counted here; what to do about them is the run's business.
+        self.corrupt = corrupt if corrupt is not None else CorruptRecords()
         self.labeler = labeler
         self.image_size = labeler.image_size
         self.augmentation = augmentation
@@ -111,7 +115,8 @@ class InputPipeline:
         if shuffle_files:
             dataset = dataset.shuffle(len(files), seed=self.seed, reshuffle_each_iteration=True)
         # Interleaving stays deterministic so that record-level sharding gives disjoint parts.
-        dataset = dataset.interleave(tf.data.TFRecordDataset, cycle_length=min(self.cycle_length, len(files)),
+        dataset = dataset.interleave(lambda path: records_dataset(path, self.corrupt),
+                                     cycle_length=min(self.cycle_length, len(files)),
                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if not by_file:
             dataset = dataset.shard(shard.count, shard.index)

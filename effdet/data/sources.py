@@ -58,8 +58,12 @@ def read_label_map(path: Optional[str], next_to_pattern: Optional[str]) -> Dict[
         raise DataError(f"cannot read the label map {path}: {error}") from None
 
 
-def count_records(file_pattern: str) -> int:
-    return int(tf.data.TFRecordDataset(list_files(file_pattern)).reduce(0, lambda n, _: n + 1))
+def count_records(file_pattern: str, split: str = "train") -> int:
+    """The good records of the shards; bad ones are left out, with a warning naming each damaged shard."""
+    from effdet.data.reader import CorruptRecords, ShardReader
+
+    tally = CorruptRecords(split)
+    return sum(1 for path in list_files(file_pattern) for _ in ShardReader(path, tally))
 
 
 @DATASETS.register("tfrecord")

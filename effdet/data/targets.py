@@ -94,6 +94,12 @@ class AnchorLabeler:
             return self.anchors
         return tf.constant(anchor_boxes(tuple(image_size), **self.anchor_settings))
 
+    def best_iou(self, boxes: tf.Tensor) -> tf.Tensor:
+        """Each box's highest IoU with any anchor ([M, 4] in pixels of the model input → [M]): what `label`
+        compares with the match threshold. Boxes are independent, so any number of images' boxes go at once."""
+        boxes = tf.reshape(tf.cast(boxes, tf.float32), [-1, 4])
+        return self._match(boxes, tf.ones([tf.shape(boxes)[0]], tf.bool))[2]
+
     def label(self, boxes: tf.Tensor, classes: tf.Tensor, is_crowd: tf.Tensor) -> Dict[str, tf.Tensor]:
         """boxes [M, 4] in pixels of the model input, classes [M] dataset ids 1..num_classes, is_crowd [M].
 

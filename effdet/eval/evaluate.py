@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from effdet.data.builder import build_input
 from effdet.data.pipeline import Shard
+from effdet.data.reader import CorruptDataError, CorruptRecords, describe_counts, distinct_corrupt, merge_counts, \
+    stop_reason
 from effdet.data.sources import DataSource
 from effdet.data.targets import AnchorLabeler
 from effdet.eval.coco_metrics import CocoEvaluator, detections_to_coco_rows, image_id_of
@@ -46,22 +48,43 @@ def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, ev
 
 
 def detect_split(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
-                 workers: Workers = Workers()) -> Tuple[List[dict], List[int]]:
-    """Detections on the val split (its first eval.samples images) as COCO results rows, and the ids of the
-    images run. With several workers each runs its own shard and every worker gets everybody's, in rank order."""
+                 workers: Workers = Workers()) -> Tuple[List[dict], List[int], dict]:
+    """Detections on the val split (its first eval.samples images) as COCO results rows, the ids of the
+    images run, and the bad val records skipped (merged over workers). With several workers each runs its own
+    shard and every worker gets everybody's, in rank order. Too many bad records (data.on_corrupt,
+    data.max_corrupt_fraction) stop it with CorruptDataError, on every worker."""
     detect = detector(model, labeler, source.num_classes, eval_cfg)
     pipeline = build_input(data_cfg, source, labeler, "val")
     rows, image_ids = [], []
-    for images, batch in pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples,
-                                       eval_cfg.padding):
+    batches = pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples, eval_cfg.padding)
+    for images, batch in readable_batches(batches, pipeline.corrupt):
         detections = detect(images, batch["image_scale"], batch["original_size"])
         ids = [image_id_of(source_id) for source_id in batch["source_id"].numpy()]
         rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, ids))
         image_ids.extend(ids)
-    if workers.size == 1:
-        return rows, image_ids
-    parts = workers.gather((rows, image_ids))
-    return [row for part in parts for row in part[0]], [image_id for part in parts for image_id in part[1]]
+    parts = [(rows, image_ids, pipeline.corrupt.counts())] if workers.size == 1 else \
+        workers.gather((rows, image_ids, pipeline.corrupt.counts()))
+    corrupt = merge_counts([part[2] for part in parts])
+    problem = stop_reason(corrupt, data_cfg.on_corrupt, data_cfg.max_corrupt_fraction)
+    if problem:
+        raise CorruptDataError(f"{problem}. Run mode=check_data to list every bad record")
+    return [row for part in parts for row in part[0]], [image_id for part in parts for image_id in part[1]], corrupt
+
+
+def readable_batches(batches, corrupt: CorruptRecords):
+    """The batches of an evaluation pass; one that the input cannot make (a record that decodes nowhere but
+    in the pipeline) is counted as a bad record and the pass goes on."""
+    iterator = iter(batches)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            if "IteratorGetNext" not in str(error):
+                raise
+            message = str(error).strip().splitlines()[0][:200]
+            corrupt.bad("(a batch; shard unknown)", None, f"a record does not decode ({message})")
 
 
 def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
@@ -70,7 +93,7 @@ def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, e
     Every worker detects its shard; rank 0 scores them all (the others return {})."""
     if not source.val_json_file:
         raise ValueError(f"data '{source.name}' has no val_json_file (COCO-format ground truth) to score against")
-    rows, image_ids = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
+    rows, image_ids, corrupt = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
     if not workers.is_chief:
         return {}
     evaluator = CocoEvaluator(source.val_json_file)
@@ -78,15 +101,21 @@ def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, e
     metrics = evaluator.evaluate()
     if detections_path:
         evaluator.write_results(detections_path)
+    if corrupt["corrupt"]:
+        in_json = len(evaluator.ground_truth.getImgIds())
+        left_out = f"; {in_json - len(evaluator.seen_images)} of the {in_json} images of {source.val_json_file} " \
+            "are left out" if eval_cfg.samples is None else ""
+        log.warning("bad val records were skipped: the COCO metrics are over the %d images detected%s\n%s",
+                    len(evaluator.seen_images), left_out, describe_counts(corrupt))
     return {"metrics": metrics, "per_class_ap": evaluator.per_class_ap(), "summary_text": evaluator.summary_text,
-            "num_images": len(evaluator.seen_images)}
+            "num_images": len(evaluator.seen_images), "corrupt_records": distinct_corrupt(corrupt)}
 
 
 def write_testdev_detections(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
                              directory: str, workers: Workers = Workers()) -> Dict[str, Any]:
     """Detections on the val split without scoring them (COCO test-dev has no public ground truth): a COCO
     results JSON to submit, named as the evaluation server expects. Written by rank 0."""
-    rows, image_ids = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
+    rows, image_ids, _ = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
     path = os.path.join(directory, "detections_test-dev2017_effdet_results.json")
     if workers.is_chief:
         os.makedirs(directory, exist_ok=True)
@@ -111,7 +140,8 @@ def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabe
         metrics = result["metrics"]
         record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}
         with open(os.path.join(details_dir, "metrics.json"), "w") as handle:
-            json.dump({"step": step, "num_images": result["num_images"], **metrics}, handle, indent=1)
+            json.dump({"step": step, "num_images": result["num_images"],
+                       "corrupt_records": result["corrupt_records"], **metrics}, handle, indent=1)
         write_per_class_ap(result["per_class_ap"], os.path.join(details_dir, "per_class_ap.csv"))
         metrics_path = os.path.join(run_dir, "metrics.jsonl")
         with open(metrics_path, "a") as handle:

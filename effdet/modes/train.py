@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from effdet.data.builder import build_input, build_labeler
 from effdet.data.pipeline import Shard
+from effdet.data.reader import describe_counts
 from effdet.data.sources import build_source
 from effdet.model.builder import build_model
 from effdet.errors import CheckpointError, ConfigError
@@ -69,8 +70,12 @@ def build_training(cfg: Any, run_dir: str) -> Training:
         on_nonfinite=trainer_cfg.on_nonfinite, xla=trainer_cfg.xla, loss_scaling=loss_scaling,
         progress_bar=trainer_cfg.progress_bar)
     loss = build_loss(trainer_cfg.loss, cfg.model, source.num_classes, labeler.anchors, workers)
+    pipeline = build_input(cfg.data, source, labeler, "train")
+    corrupt = pipeline.corrupt
+    if corrupt is not None:  # the bad-record fraction is judged against at least one pass over this worker's part
+        corrupt.expected_records = -(-source.num_train_examples // workers.size)
     trainer = Trainer(model, loss, optimizer, build_ema(model, trainer_cfg.ema_decay), workers, run_dir, settings,
-                      learning_rate=schedule)
+                      learning_rate=schedule, corrupt=corrupt)
 
     def initialize():
         if trainer_cfg.backbone_ckpt:
@@ -81,7 +86,6 @@ def build_training(cfg: Any, run_dir: str) -> Training:
     start = trainer.restore_or_start(initialize)
     log.info("training %s on %s: %d steps (%d per epoch, global batch %d on %d worker(s)), from step %d",
              cfg.model.name, source.name, total_steps, steps_per_epoch, global_batch, workers.size, start)
-    pipeline = build_input(cfg.data, source, labeler, "train")
     shard = Shard(workers.rank, workers.size)
 
     def dataset_at(step):
@@ -129,11 +133,16 @@ def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at
             result["eval"] = evaluate(stop)
     summary.update(seconds=seconds, images_per_second=(summary["step"] - start) * settings.batch_size *
                    workers.size / max(seconds, 1e-9))
+    corrupt = trainer.corrupt_summary()
+    if corrupt is not None:
+        summary["corrupt_records"] = corrupt
+        if corrupt["corrupt"] and workers.is_chief:
+            log.warning("bad training records were skipped (data.on_corrupt=skip):\n%s", describe_counts(corrupt))
     result["train"] = summary
     if workers.is_chief:  # the whole run's curves, across resumes; this job's figures for a sweep's summary
         with open(os.path.join(run_dir, TRAIN_SUMMARY), "w") as handle:
-            json.dump({key: summary[key] for key in ("step", "seconds", "images_per_second", "stopped_early")},
-                      handle, indent=1)
+            json.dump({key: summary[key] for key in ("step", "seconds", "images_per_second", "stopped_early",
+                                                     "corrupt_records") if key in summary}, handle, indent=1)
         plot_training_curves(read_history(trainer.history_path), os.path.join(run_dir, "training_curves.png"))
     if eval_at_end and not summary["stopped_early"] and can_evaluate:
         result["eval"] = evaluate(summary["step"])

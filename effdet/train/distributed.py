@@ -37,12 +37,6 @@ class Workers:
         if self.hvd and variables:
             self.hvd.broadcast_variables(variables, root_rank=root_rank)
 
-    def agree(self, flag: bool) -> bool:
-        """True on every worker when any worker says True (a stop signal reaching one rank stops all)."""
-        if not self.hvd:
-            return flag
-        return bool(self.hvd.allreduce(tf.constant(1 if flag else 0), op=self.hvd.Sum).numpy() > 0)
-
     def gather(self, value: Any) -> List[Any]:
         """Every worker's `value` (any picklable object), in rank order, on every worker."""
         if not self.hvd:

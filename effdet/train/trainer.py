@@ -12,7 +12,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from effdet.errors import EffdetError
+from effdet.data.reader import (CorruptDataError, CorruptRecords, describe_counts, merge_counts, over_threshold,
+                                stop_reason)
+from effdet.errors import DataError, EffdetError
 from effdet.train.distributed import Workers
 from effdet.train.losses import weight_decay
 
@@ -42,7 +44,7 @@ class TrainSettings:
 
 class Trainer:
     def __init__(self, model: tf.keras.Model, loss_fn: Callable, optimizer, ema, workers: Workers, run_dir: str,
-                 settings: TrainSettings, learning_rate: Callable = None):
+                 settings: TrainSettings, learning_rate: Callable = None, corrupt: Optional[CorruptRecords] = None):
         self.model, self.loss_fn, self.optimizer, self.ema = model, loss_fn, optimizer, ema
         self.workers, self.run_dir, self.settings = workers, run_dir, settings
         self.learning_rate = learning_rate
@@ -57,6 +59,9 @@ class Trainer:
         # One JSON line per recorded step, written as training goes: a killed run keeps its curves up to the kill.
         self.history_path = os.path.join(run_dir, "train_history.jsonl")
         self._stop_requested: Optional[str] = None
+        # The training input's bad records (this worker's readers count them); None: nothing to watch.
+        self.corrupt = corrupt
+        self.corrupt_met = 0  # over all workers, as of the last loop
         self._input = None  # (dataset_at, step, iterator): where the last fit left this worker's batches
         self._loop = self._build_loop()
 
@@ -171,8 +176,9 @@ class Trainer:
             while int(self.step) < stop_at:
                 steps = min(settings.steps_per_loop, stop_at - int(self.step),
                             self._steps_to_next_boundary())
-                losses = {k: float(v) for k, v in self._loop(iterator, tf.constant(steps)).items()}
+                losses = self._run_loop(iterator, int(self.step) + steps)
                 step = int(self.step)
+                signalled, data_problem = self._agree_to_stop()
                 if losses["finite"] < 1:
                     self._on_nonfinite(step, steps)
                 self._record(step, losses, writer)
@@ -181,9 +187,15 @@ class Trainer:
                     progress.set_postfix(loss=f"{losses['total_loss']:.3f}", refresh=False)
                 if step % settings.log_every_n_steps == 0 or step == settings.total_steps:
                     last_log = self._log(step, losses, last_log, started, start_step)
-                if step % settings.checkpoint_every_n_steps == 0 or step == stop_at:
+                saved = step % settings.checkpoint_every_n_steps == 0 or step == stop_at
+                if saved:
                     self.save()
-                if self.workers.agree(self._stop_requested is not None):
+                if data_problem:
+                    path = self.manager.latest_checkpoint if saved else self.save()
+                    raise CorruptDataError(f"{data_problem}. Checkpoint saved at step {step}: "
+                                           f"{path or 'by rank 0'}. Run mode=check_data to list every bad record; "
+                                           "data.on_corrupt=skip skips them")
+                if signalled:
                     path = self.save()
                     log.warning("stopped by %s at step %d; checkpoint saved: %s", self._stop_requested or "a worker",
                                 step, path or "(by rank 0)")
@@ -211,6 +223,56 @@ class Trainer:
         del kept  # the old stream's buffers go before the new one fills its own
         return iter(dataset_at(step))
 
+    def _run_loop(self, iterator, end: int) -> Dict[str, float]:
+        """Trains up to step `end` in one compiled loop. A batch that the input cannot make (a record that
+        decodes nowhere but in the step) is counted as a bad record and the loop goes on from the next batch:
+        the same number of steps as every other worker, so that their collectives stay paired."""
+        failures = 0
+        while True:
+            try:
+                return {k: float(v) for k, v in self._loop(iterator, tf.constant(end - int(self.step))).items()}
+            except tf.errors.OutOfRangeError:
+                self._input_failed("the training data ran out: no record of data.train_file_pattern could be read")
+            except tf.errors.OpError as error:
+                if "IteratorGetNext" not in str(error) or self.corrupt is None:
+                    raise
+                failures += 1
+                message = str(error).strip().splitlines()[0][:200]
+                self.corrupt.bad("(a batch; shard unknown)", None, f"a record does not decode ({message})")
+                stop = self.corrupt.stop_reason()
+                if failures >= 100 or (stop and self.corrupt.on_corrupt == "skip"):
+                    self._input_failed(stop or f"{failures} batches in a row could not be made ({message})")
+
+    def _input_failed(self, why: str):
+        path = self.save()
+        counts = f"\n{describe_counts(self.corrupt.counts())}" if self.corrupt and self.corrupt.corrupt else ""
+        raise DataError(f"{why}. Checkpoint saved at step {int(self.step)}: {path or 'by rank 0'}{counts}")
+
+    def _agree_to_stop(self):
+        """One collective a loop: (a worker was signalled to stop, why the data make the run stop or None),
+        the same on every worker. The data's verdict is over every worker's records."""
+        counts = self.corrupt.counts() if self.corrupt is not None else None
+        mine = [int(self._stop_requested is not None), counts["corrupt"] if counts else 0,
+                counts["records_read"] + counts["corrupt"] if counts else 0]
+        if self.workers.size > 1:
+            mine = [int(v) for v in self.workers.sum(tf.constant(mine, tf.int64)).numpy()]
+        signalled, corrupt, attempted = mine
+        self.corrupt_met = corrupt
+        if not corrupt:
+            return bool(signalled), None
+        tally = self.corrupt
+        expected = (tally.expected_records or 0) * self.workers.size
+        if tally.on_corrupt == "stop" or over_threshold(corrupt, attempted, tally.max_fraction, expected):
+            merged = merge_counts(self.workers.gather(counts))
+            return bool(signalled), stop_reason(merged, tally.on_corrupt, tally.max_fraction, expected)
+        return bool(signalled), None
+
+    def corrupt_summary(self) -> Optional[dict]:
+        """Every worker's bad training records, merged (a collective: all workers call it together)."""
+        if self.corrupt is None:
+            return None
+        return merge_counts(self.workers.gather(self.corrupt.counts()))
+
     def _steps_to_next_boundary(self) -> int:
         """Steps until the next log or checkpoint step, so that a loop never runs past one."""
         step = int(self.step)
@@ -231,6 +293,8 @@ class Trainer:
         entry = {"step": step, **{k: v for k, v in losses.items() if k != "finite"}}
         if self.learning_rate is not None:
             entry["learning_rate"] = float(self.learning_rate(step))
+        if self.corrupt_met:  # bad records met so far, over all workers (clean runs keep their usual curves)
+            entry["corrupt_records"] = self.corrupt_met
         self.history.append(entry)
         if self.workers.is_chief:
             with open(self.history_path, "a") as handle:
@@ -249,8 +313,9 @@ class Trainer:
         if self.workers.is_chief:
             parts = " ".join(f"{k}={v:.4f}" for k, v in losses.items() if k.endswith("loss"))
             lr = f" lr={float(self.learning_rate(step)):.5f}" if self.learning_rate is not None else ""
-            log.info("step %d/%d epoch %.2f %s%s images/s=%.1f eta=%s", step, self.settings.total_steps,
-                     step / self.settings.steps_per_epoch, parts, lr, rate, _duration(eta))
+            corrupt = f" corrupt_records={self.corrupt_met}" if self.corrupt_met else ""
+            log.info("step %d/%d epoch %.2f %s%s images/s=%.1f eta=%s%s", step, self.settings.total_steps,
+                     step / self.settings.steps_per_epoch, parts, lr, rate, _duration(eta), corrupt)
         return now, step
 
     def _progress_bar(self, start_step):
