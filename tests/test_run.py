@@ -293,3 +293,63 @@ def test_two_workers_train_through_horovod_into_one_output_dir_and_evaluate_thei
         np.testing.assert_allclose(sharded_scores[image], single_scores[image], rtol=1e-4, atol=1e-5)
     metrics = [json.loads((d / "eval" / "step_4" / "metrics.json").read_text()) for d in (run_dir, tmp_path / "alone")]
     assert metrics[0]["AP"] == pytest.approx(metrics[1]["AP"], abs=1e-6)
+
+
+def damaged_copy_of_shapes(tmp_path):
+    """A tiny shapes dataset copied out of the cache, as a user's own COCO-format records: one train shard cut
+    mid-record, one with 100 bytes changed, one val record changed. Returns the data overrides and the damaged
+    shards' paths."""
+    import shutil
+
+    from effdet.data.sources import prepare_shapes
+    from tests.data.test_reader import damage, record_offsets
+
+    root = prepare_shapes(str(tmp_path / "cache"), seed=0, num_train=24, num_val=6, image_size=96, num_shards=3)
+    mine = tmp_path / "mine"
+    shutil.copytree(os.path.join(root, "tfrecord"), mine)
+    train = sorted(str(p) for p in mine.glob("train/*.tfrecord")) or sorted(str(p) for p in mine.glob("train-*"))
+    val = sorted(str(p) for p in mine.glob("val/*.tfrecord")) or sorted(str(p) for p in mine.glob("val-*"))
+    cut, flipped = train[0], train[1]
+    offsets = record_offsets(cut)
+    os.truncate(cut, (offsets[-2] + offsets[-1]) // 2)  # the last-but-one record, cut in half
+    damage(flipped, record_offsets(flipped)[2] + 500, flip=100)
+    damage(val[0], record_offsets(val[0])[1] + 500, flip=100)
+    pattern = os.path.commonprefix(train)
+    data = ["data=coco", f"data.train_file_pattern={pattern}*", f"data.val_file_pattern={os.path.commonprefix(val)}*",
+            f"data.val_json_file={os.path.join(root, 'annotations', 'instances_val.json')}", "data.num_classes=6",
+            "data.num_examples_per_epoch=null"]
+    return data, cut, flipped, val[0]
+
+
+def test_training_on_damaged_shards_skips_and_counts_them_or_stops_naming_the_shard(tmp_path):
+    """A truncated and a corrupted train shard, a corrupted val record: data.on_corrupt=skip trains and evaluates
+    to the end and reports each; stop saves a checkpoint at that step and exits with one line naming the shard."""
+    data, cut, flipped, bad_val = damaged_copy_of_shapes(tmp_path)
+    tiny = ["model.image_size=64", "model.fpn_num_filters=8", "model.fpn_cell_repeats=1", "model.box_class_repeats=1",
+            "trainer.batch_size=4", "trainer.progress_bar=false", "trainer.log_every_n_steps=2", *data]
+    # 2 bad records of 24 are more than the default 1 % (which stops a run just as data.on_corrupt=stop does)
+    skipped = run_cli(*tiny, "trainer.total_steps=8", "data.max_corrupt_fraction=0.2",
+                      f"hydra.run.dir={tmp_path / 'skip'}")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    summary = json.loads((tmp_path / "skip" / "train_summary.json").read_text())
+    assert summary["step"] == 8
+    shards = summary["corrupt_records"]["shards"]
+    assert sorted(shards) == sorted([cut, flipped]) and all(d["records"] == 1 for d in shards.values())
+    assert "truncated" in shards[cut]["problem"] and "fails its CRC" in shards[flipped]["problem"]
+    log = (tmp_path / "skip" / "run.log").read_text()
+    assert f"corrupt train data: {cut}: truncated" in log and f"corrupt train data: {flipped}: fails its CRC" in log
+    assert "corrupt_records=" in log  # the step log
+    history = [json.loads(line) for line in (tmp_path / "skip" / "train_history.jsonl").read_text().splitlines()]
+    assert history[-1]["corrupt_records"] >= 2
+    metrics = json.loads((tmp_path / "skip" / "eval" / "step_8" / "metrics.json").read_text())
+    assert metrics["num_images"] == 5 and metrics["corrupt_records"] == 1  # 6 val images, one record corrupt
+    assert "the COCO metrics are over the 5 images detected; 1 of the 6 images" in log and bad_val in log
+
+    stopped = run_cli(*tiny, "trainer.total_steps=50", "data.on_corrupt=stop", "trainer.eval_after_training=false",
+                      f"hydra.run.dir={tmp_path / 'stop'}")
+    assert stopped.returncode != 0
+    errors = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert (cut in errors[0] or flipped in errors[0]) and "data.on_corrupt=stop" in errors[0]
+    step = int(errors[0].split("Checkpoint saved at step ")[1].split(":")[0])
+    assert 0 < step < 50 and latest_checkpoint_step(tmp_path / "stop") == step

@@ -24,13 +24,17 @@ def damaged_shards(tmp_path):
     return str(tmp_path / "train-*"), bad
 
 
-def trainer_on(tmp_path, pattern, on_corrupt, max_fraction=0.5, total_steps=6, **kwargs):
-    corrupt = CorruptRecords("train", on_corrupt, max_fraction, expected_records=8)
+def trainer_on(tmp_path, pattern, on_corrupt, max_fraction=0.5, total_steps=6, workers=None, **kwargs):
+    """A trainer of the tiny detector whose input is the records of `pattern` (this worker's part of them)."""
+    from effdet.data.pipeline import Shard
+
+    shard = Shard(workers.rank, workers.size) if workers else Shard()
+    corrupt = CorruptRecords("train", on_corrupt, max_fraction, expected_records=8 // shard.count)
     labeler = AnchorLabeler((SIZE, SIZE), 3, 5, 3, [1.0, 2.0, 0.5], 4.0)
     pipeline = InputPipeline(pattern, labeler, Augmentation(hflip=False), corrupt=corrupt, shuffle_buffer=4)
     trainer, _ = make_trainer(tmp_path / "run", total_steps=total_steps, make_model=tiny_detector,
-                              corrupt=corrupt, steps_per_loop=1, **kwargs)
-    return trainer, lambda step: pipeline.train(2)
+                              corrupt=corrupt, steps_per_loop=1, workers=workers, **kwargs)
+    return trainer, lambda step: pipeline.train(2, shard)
 
 
 def test_skip_trains_to_the_end_and_reports_the_bad_record(tmp_path, damaged_shards):
@@ -94,3 +98,35 @@ def test_input_that_runs_out_ends_the_run_with_a_checkpoint_and_a_message(tmp_pa
     with pytest.raises(DataError, match="the training data ran out.*Checkpoint saved at step 40"):
         trainer.fit(lambda step: data(step).take(40))
     assert os.path.exists(trainer.manager.latest_checkpoint + ".index")
+
+
+def test_two_workers_sum_their_bad_records_and_stop_together(tmp_path, damaged_shards):
+    """Under horovodrun -np 2, each worker reads one shard; only rank 1's is damaged. skip: both train to the end
+    and the summary has rank 1's bad record; past the fraction of both workers' records, or with stop, both
+    stop at the same step with rank 1's shard named, and rank 0 has saved that step."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.train import horovod_corrupt_worker
+
+    pattern, bad = damaged_shards
+    horovodrun = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")])))
+    env.pop("HOROVOD_CYCLE_TIME", None)
+    result = subprocess.run([horovodrun, "-np", "2", "-H", "localhost:2", "--gloo", sys.executable,
+                             horovod_corrupt_worker.__file__, pattern, str(tmp_path)],
+                            capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:
+        assert rank["skip"]["step"] == 6
+        assert list(rank["skip"]["corrupt"]["shards"]) == [bad]  # merged: rank 0 knows rank 1's shard
+    assert ranks[0]["skip"]["corrupt"] == ranks[1]["skip"]["corrupt"]
+    for case in ("stop", "fraction"):
+        steps = {rank[case]["step"] for rank in ranks}
+        assert len(steps) == 1 and all(bad in rank[case]["message"] for rank in ranks), (case, ranks)
+        assert ranks[0][case]["checkpoint"].endswith(f"ckpt-{steps.pop()}")
+    message = ranks[0]["fraction"]["message"]
+    assert "more than data.max_corrupt_fraction=0.1" in message
+    assert int(message.split(" of ")[1].split()[0]) >= 8  # both workers' records: each filled a 4-record buffer

@@ -54,7 +54,8 @@ def tiny_detector(seed=0):
 
 
 def make_trainer(tmp_path, total_steps=20, lr=0.005, on_nonfinite="stop", seed=0, checkpoint_every=1000,
-                 loss_fn=None, loss_scaling=False, xla=False, make_model=None, corrupt=None, steps_per_loop=5):
+                 loss_fn=None, loss_scaling=False, xla=False, make_model=None, corrupt=None, steps_per_loop=5,
+                 workers=None):
     model = (make_model or tiny_model)(seed)
     labeler = AnchorLabeler((SIZE, SIZE), 3, 5, 3, [1.0, 2.0, 0.5], 4.0)
     schedule = build_schedule("cosine", base_lr=lr, warmup_init=lr, warmup_steps=0, total_steps=total_steps)
@@ -65,8 +66,8 @@ def make_trainer(tmp_path, total_steps=20, lr=0.005, on_nonfinite="stop", seed=0
     settings = TrainSettings(total_steps=total_steps, steps_per_epoch=10, batch_size=2, log_every_n_steps=5,
                              checkpoint_every_n_steps=checkpoint_every, on_nonfinite=on_nonfinite,
                              progress_bar=False, steps_per_loop=steps_per_loop, loss_scaling=loss_scaling, xla=xla)
-    trainer = Trainer(model, loss_fn or DetectionLoss(3, 3, 5), optimizer, ema, Workers(), str(tmp_path), settings,
-                      learning_rate=schedule, corrupt=corrupt)
+    trainer = Trainer(model, loss_fn or DetectionLoss(3, 3, 5), optimizer, ema, workers or Workers(), str(tmp_path),
+                      settings, learning_rate=schedule, corrupt=corrupt)
     trainer.restore_or_start()
     data = FakeInput(labeler, 3, seed=seed)
     return trainer, lambda step: data.train(2)
