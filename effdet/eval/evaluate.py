@@ -51,8 +51,9 @@ def detect_split(model, source: DataSource, labeler: AnchorLabeler, data_cfg: An
                  workers: Workers = Workers()) -> Tuple[List[dict], List[int], dict]:
     """Detections on the val split (its first eval.samples images) as COCO results rows, the ids of the
     images run, and the bad val records skipped (merged over workers). With several workers each runs its own
-    shard and every worker gets everybody's, in rank order. Too many bad records (data.on_corrupt,
-    data.max_corrupt_fraction) stop it with CorruptDataError, on every worker."""
+    shard and every worker gets everybody's, in rank order. With data.on_corrupt=stop a bad record stops it with
+    CorruptDataError, on every worker; with skip the metrics are over the images detected (a run that trained for
+    days keeps its final evaluation), and the warning says how many bad records were skipped."""
     detect = detector(model, labeler, source.num_classes, eval_cfg)
     pipeline = build_input(data_cfg, source, labeler, "val")
     rows, image_ids = [], []
@@ -65,7 +66,7 @@ def detect_split(model, source: DataSource, labeler: AnchorLabeler, data_cfg: An
     parts = [(rows, image_ids, pipeline.corrupt.counts())] if workers.size == 1 else \
         workers.gather((rows, image_ids, pipeline.corrupt.counts()))
     corrupt = merge_counts([part[2] for part in parts])
-    problem = stop_reason(corrupt, data_cfg.on_corrupt, data_cfg.max_corrupt_fraction)
+    problem = stop_reason(corrupt, "stop", 0.0) if data_cfg.on_corrupt == "stop" else None
     if problem:
         raise CorruptDataError(f"{problem}. Run mode=check_data to list every bad record")
     return [row for part in parts for row in part[0]], [image_id for part in parts for image_id in part[1]], corrupt

@@ -74,7 +74,7 @@ def check_data(cfg: Any, run_dir: str) -> Dict[str, Any]:
         report["warnings"].append(f"{report['duplicates']['across_splits']} val image(s) are also train images "
                                   "(identical bytes): the val AP of a model trained on them is optimistic")
 
-    print(format_report(report))
+    log.info("the data check of %s:\n%s", source.name, format_report(report))
     with open(os.path.join(run_dir, REPORT_JSON), "w") as handle:
         json.dump(report, handle, indent=1, default=_plain)
     draw_report({name: scan.input_boxes() for name, scan in scans.items()}, report, labeler,

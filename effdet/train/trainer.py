@@ -245,8 +245,10 @@ class Trainer:
 
     def _input_failed(self, why: str):
         path = self.save()
+        where = f"Checkpoint saved at step {int(self.step)}: {path}" if path else \
+            f"Rank {self.workers.rank} stopped at step {int(self.step)}; rank 0 holds the checkpoints"
         counts = f"\n{describe_counts(self.corrupt.counts())}" if self.corrupt and self.corrupt.corrupt else ""
-        raise DataError(f"{why}. Checkpoint saved at step {int(self.step)}: {path or 'by rank 0'}{counts}")
+        raise DataError(f"{why}. {where}{counts}")
 
     def _agree_to_stop(self):
         """One collective a loop: (a worker was signalled to stop, why the data make the run stop or None),

@@ -147,3 +147,31 @@ def test_continuous_evaluations_are_min_interval_apart():
                                   clock=lambda: now[0], sleep=sleep)
     assert all(b - a >= 25.0 for a, b in zip(starts, starts[1:]))
     assert evaluated[-1][1] == 60 and len(evaluated) == len({prefix for prefix, _ in evaluated})
+
+
+def test_evaluation_scores_the_images_it_could_read_or_stops_at_a_bad_val_record(tmp_path, tiny_model_overrides):
+    from effdet.data.builder import build_labeler
+    from effdet.data.reader import CorruptDataError
+    from effdet.data.sources import build_source
+    from effdet.eval.evaluate import evaluate
+    from tests.data.test_pipeline import rectangle_record, write_records
+    from tests.data.test_reader import damage, record_offsets
+
+    shard = tmp_path / "val-0.tfrecord"
+    write_records(shard, [rectangle_record(i) for i in range(1, 6)])
+    damage(str(shard), record_offsets(str(shard))[2] + 300, flip=40)  # image 3
+    (tmp_path / "val.json").write_text(json.dumps({
+        "images": [{"id": i, "width": 160, "height": 120} for i in range(1, 6)],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [40, 30, 60, 60], "area": 3600,
+                         "iscrowd": 0} for i in range(1, 6)],
+        "categories": [{"id": 1, "name": "rect"}]}))
+    overrides = ["data=coco", "data.train_file_pattern=null", f"data.val_file_pattern={shard}",
+                 f"data.val_json_file={tmp_path / 'val.json'}", "data.num_classes=1", *tiny_model_overrides]
+    cfg = compose(overrides)
+    source = build_source(cfg.data)
+    model = build_model(cfg.model, 1)
+    result = evaluate(model, source, build_labeler(cfg.model), cfg.data, cfg.eval)
+    assert result["num_images"] == 4 and result["corrupt_records"] == 1
+    stopping = compose([*overrides, "data.on_corrupt=stop"])
+    with pytest.raises(CorruptDataError, match=f"corrupt val record in {shard}: fails its CRC"):
+        evaluate(model, source, build_labeler(stopping.model), stopping.data, stopping.eval)
