@@ -213,8 +213,9 @@ def suggestions(labeler: AnchorLabeler, boxes: np.ndarray, anchor_scales: Sequen
             return current
         return max(table, key=lambda key: (table[key], -abs(key - current)))
 
-    return {"boxes": int(len(boxes)), "anchor_scale": {"current": float(current_scale), "best": best(by_scale, current_scale),
-                                                       "coverage": by_scale},
+    return {"boxes": int(len(boxes)),
+            "anchor_scale": {"current": float(current_scale), "best": best(by_scale, current_scale),
+                             "coverage": by_scale},
             "image_size": {"current": int(size[0]), "best": best(by_size, size[0]), "coverage": by_size}}
 
 

@@ -163,10 +163,12 @@ def format_report(report: dict) -> str:
         lines.append(f"  {i:>4}  {names.get(str(i), f'class_{i}'):<{width}}{counts}")
     suggested = report["suggestions"]
     scale, size_choice = suggested["anchor_scale"], suggested["image_size"]
-    lines += ["", f"anchor coverage (a box is covered when an anchor overlaps it at IoU ≥ {report['match_threshold']}; "
-                  f"boxes in input pixels after evaluation's resize; on {suggested['boxes']} train boxes):"]
+    lines += ["", f"anchor coverage (a box is covered when an anchor overlaps it at IoU ≥ "
+                  f"{report['match_threshold']}; boxes in input pixels after evaluation's resize; on "
+                  f"{suggested['boxes']} train boxes):"]
     lines.append("  model.anchor_scale  " + "  ".join(f"{k:g}: {_percent(v)}" for k, v in scale["coverage"].items()))
-    lines.append("  model.image_size    " + "  ".join(f"{k}: {_percent(v)}" for k, v in size_choice["coverage"].items()))
+    lines.append("  model.image_size    "
+                 + "  ".join(f"{k}: {_percent(v)}" for k, v in size_choice["coverage"].items()))
     if scale["best"] != scale["current"]:
         lines.append(f"  suggestion: model.anchor_scale={scale['best']:g} covers "
                      f"{_percent(scale['coverage'][scale['best']])} of the boxes "
@@ -181,7 +183,8 @@ def format_report(report: dict) -> str:
     if "val_consistency" in report:
         found = report["val_consistency"]
         lines += ["", f"val records against the val JSON ({found['json_images']} images): "
-                      f"{found['records_not_in_json']} not in it, {found['json_images_without_record']} without a record"]
+                      f"{found['records_not_in_json']} not in it, "
+                      f"{found['json_images_without_record']} without a record"]
     found = report["duplicates"]
     lines.append("duplicate images: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in found.items()
                                                   if not k.endswith("examples")))
@@ -232,7 +235,8 @@ def draw_report(boxes_by_split: Dict[str, np.ndarray], report: dict, labeler, pa
         colour = colours(index / max(len(levels) - 1, 1))
         for octave, side in enumerate(sides):
             sizes_axis.axvline(side, color=colour, linewidth=1.4 if octave == 0 else 0.7,
-                               linestyle="-" if octave == 0 else ":", label=f"P{level} anchors" if octave == 0 else None)
+                               linestyle="-" if octave == 0 else ":",
+                               label=f"P{level} anchors" if octave == 0 else None)
     sizes_axis.set_xscale("log")
     sizes_axis.set_xlabel("box side, √(width × height), in input pixels")
     sizes_axis.set_ylabel("boxes")

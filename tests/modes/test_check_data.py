@@ -22,8 +22,8 @@ def p3_to_p5(anchor_scale=4.0, size=SIZE):
 
 
 def test_best_iou_is_what_an_anchor_of_the_table_gives_worked_out_by_hand():
-    # P3: stride 8, centres at 4, 12, 20, ...; octave 1 of scale 4 is a square of side 4·2^(1/3)·8 ≈ 40.3 px. Centred
-    # at (12, 12) it contains the 32-px box at the corner, and nothing does better: IoU = 32² / 40.3².
+    # P3: stride 8, centres at 4, 12, 20, ...; octave 1 of scale 4 is a square of side 4·2^(1/3)·8 ≈ 40.3 px.
+    # Centred at (12, 12) it contains the 32-px box at the corner, and nothing does better: IoU = 32² / 40.3².
     side = 4 * 2 ** (1 / 3) * 8
     boxes = np.array([[0, 0, 32, 32], [0, 0, 4, 4]], np.float32)  # the 4-px box sits inside a 32-px anchor at best
     np.testing.assert_allclose(best_ious(p3_to_p5(), boxes), [32 ** 2 / side ** 2, 16 / 32 ** 2], rtol=1e-5)
@@ -69,7 +69,8 @@ def test_check_data_finds_every_fault_of_a_small_dataset_and_exits_1(tmp_path):
     write_records(tmp_path / "val-0.tfrecord", val)
     (tmp_path / "val.json").write_text(json.dumps({
         "images": [{"id": i, "width": SIZE, "height": SIZE} for i in (11, 12, 14)],  # 13 has no entry, 14 no record
-        "annotations": [], "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "owl"}]}))
+        "annotations": [],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 3, "name": "owl"}]}))
     run_dir = tmp_path / "run"
     result = run_cli("mode=check_data", "data=coco", f"data.train_file_pattern={tmp_path}/train-*",
                      f"data.val_file_pattern={tmp_path}/val-*", f"data.val_json_file={tmp_path}/val.json",

@@ -89,7 +89,8 @@ def test_a_batch_that_cannot_be_made_is_counted_and_training_goes_on(tmp_path):
     corrupt = CorruptRecords("train", "skip", 0.5, expected_records=100)
     trainer, _ = make_trainer(tmp_path, total_steps=6, make_model=tiny_detector, corrupt=corrupt, steps_per_loop=3)
     assert trainer.fit(failing_batches(fail_at=1))["step"] == 6  # batch 1 lost; the loop ran on from batch 2
-    assert corrupt.corrupt == 1 and "does not decode" in corrupt.counts()["shards"]["(a batch; shard unknown)"]["problem"]
+    unknown = corrupt.counts()["shards"]["(a batch; shard unknown)"]
+    assert corrupt.corrupt == 1 and "does not decode" in unknown["problem"]
 
 
 def test_input_that_runs_out_ends_the_run_with_a_checkpoint_and_a_message(tmp_path):
