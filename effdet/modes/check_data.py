@@ -66,6 +66,7 @@ def check_data(cfg: Any, run_dir: str) -> Dict[str, Any]:
     report["suggestions"] = suggestions(labeler, boxes, list(options.anchor_scales),
                                         list(options.image_sizes) or default_image_sizes(labeler.image_size[0]),
                                         options.max_suggestion_boxes)
+    report["suggestions"]["split"] = covered_split
     if consistency:
         report["val_consistency"] = consistency
         _check_consistency(consistency, source.val_json_file, report)
@@ -165,7 +166,7 @@ def format_report(report: dict) -> str:
     scale, size_choice = suggested["anchor_scale"], suggested["image_size"]
     lines += ["", f"anchor coverage (a box is covered when an anchor overlaps it at IoU ≥ "
                   f"{report['match_threshold']}; boxes in input pixels after evaluation's resize; on "
-                  f"{suggested['boxes']} train boxes):"]
+                  f"{suggested['boxes']} {suggested['split']} boxes):"]
     lines.append("  model.anchor_scale  " + "  ".join(f"{k:g}: {_percent(v)}" for k, v in scale["coverage"].items()))
     lines.append("  model.image_size    "
                  + "  ".join(f"{k}: {_percent(v)}" for k, v in size_choice["coverage"].items()))
