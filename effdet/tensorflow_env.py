@@ -17,8 +17,8 @@ ONEDNN = "TF_ENABLE_ONEDNN_OPTS"
 def choose_onednn(enabled: bool) -> Optional[str]:
     """Turns TensorFlow's oneDNN CPU kernels on or off (`hardware.onednn`).
 
-    TensorFlow 2.15 turns them on by itself only on CPUs with AVX-512 or AMX; on an AVX2 CPU (this project's
-    2-core AMD EPYC) they train EfficientDet-D0 2× faster than its default Eigen kernels. A value the user
+    TensorFlow 2.15 turns them on by itself only on CPUs with AVX-512 or AMX; on an AVX2 CPU they train
+    EfficientDet-D0 faster than its default Eigen kernels (docs/benchmarks.md). A value the user
     already exported wins. Returns why nothing could be applied, or None.
     """
     wanted = "1" if enabled else "0"

@@ -11,19 +11,19 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")  # the kernels run.py choose
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF_DIR = os.path.join(REPO, "conf")
-SHARED = os.path.join(os.path.dirname(REPO), "shared", "reference")
+REFERENCE = os.path.join(REPO, "tests", "reference")  # automl's figures: tests/reference/README.md
 
 
 def reference_params() -> Dict[str, dict]:
-    """../shared/reference/params.tsv, keyed by variant."""
-    with open(os.path.join(SHARED, "params.tsv")) as handle:
+    """tests/reference/params.tsv, keyed by variant."""
+    with open(os.path.join(REFERENCE, "params.tsv")) as handle:
         return {row["variant"]: row for row in csv.DictReader(handle, delimiter="\t")}
 
 
 def reference_d0_variables() -> Dict[str, tuple]:
     """Name → shape of every variable of automl's EfficientDet-D0 checkpoints."""
     shapes = {}
-    with open(os.path.join(SHARED, "efficientdet-d0.variables.tsv")) as handle:
+    with open(os.path.join(REFERENCE, "efficientdet-d0.variables.tsv")) as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
             shapes[row["name"]] = tuple(int(d) for d in row["shape"].split("x")) if row["shape"] else ()
     return shapes

@@ -89,9 +89,9 @@ class CorruptRecords:
 
     # written by the readers
 
-    def good(self, count: int = 1) -> None:
+    def good(self) -> None:
         with self._lock:
-            self.records_read += count
+            self.records_read += 1
 
     def bad(self, shard: str, offset: Optional[int], problem: str, weight: int = 1) -> None:
         with self._lock:

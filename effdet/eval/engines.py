@@ -4,9 +4,8 @@
 - `tflite`: the same weights converted to a float32 TensorFlow Lite model with static shapes, run by LiteRT
   (the `ai-edge-litert` package, the TFLite runtime Google ships apart from TensorFlow since TF 2.16) and its
   XNNPACK CPU delegate. XNNPACK's depthwise and 1×1 kernels are faster than TensorFlow's oneDNN ones, batch
-  norm is folded into the convolutions and no per-op executor runs between them. LiteRT 2.3's XNNPACK runs
-  D0 about 20 % faster than the one inside TF 2.15 (`tf.lite.Interpreter`) on the 2-core development machine
-  (87–98 ms against 108–125 ms a 512×512 image, interleaved in one process), with the same outputs. Pre-
+  norm is folded into the convolutions and no per-op executor runs between them. LiteRT's XNNPACK is faster
+  than the one inside TF 2.15 (`tf.lite.Interpreter`), with the same outputs (docs/benchmarks.md). Pre-
   and post-processing (resizing, top-k, NMS) stay in TensorFlow, since XNNPACK only takes graphs whose shapes
   are all known when the interpreter is built.
 

@@ -2,9 +2,8 @@
 
 By default glibc serves every allocation above a (dynamic) threshold with a fresh mmap and returns it to the
 system on free, so each decoded image, resized image and anchor-target map of the input pipeline page-faults
-its way in again: measured on the 2-core CPU, the training input pipeline runs 250-270 images/s like that
-and 290-310 with large buffers kept in malloc's heap. Nothing here changes results, only where memory
-comes from.
+its way in again; keeping large buffers in malloc's heap makes the training input pipeline faster
+(docs/benchmarks.md). Nothing here changes results, only where memory comes from.
 """
 import ctypes
 import ctypes.util

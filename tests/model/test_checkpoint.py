@@ -3,7 +3,7 @@ backbone, fine-tuning to another number of classes), the project's own object-ba
 automl-style export.
 
 The automl checkpoints are synthesised from the reference list of EfficientDet-D0 variable names and
-shapes (../shared/reference/efficientdet-d0.variables.tsv), with seeded random values, so that every
+shapes (tests/reference/efficientdet-d0.variables.tsv), with seeded random values, so that every
 assertion about "which value landed in which variable" can fail."""
 
 import numpy as np
