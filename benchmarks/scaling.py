@@ -42,8 +42,7 @@ def measure(args) -> None:
     register_schema()
     overrides = ["model=efficientdet-d0", "data=fake", f"model.image_size={args.image_size}",
                  f"trainer.batch_size={args.batch_size}", "hardware.intra_op_threads=1", "hardware.inter_op_threads=1",
-                 "trainer.progress_bar=false", "trainer.log_every_n_steps=100000",
-                 "trainer.checkpoint_every_n_steps=100000", *args.override]
+                 f"trainer.total_steps={args.warmup + args.steps}", *args.override]
     with initialize_config_dir(config_dir=os.path.join(REPO, "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     choose_onednn(cfg.hardware.onednn)
@@ -55,18 +54,18 @@ def measure(args) -> None:
     import tensorflow as tf
 
     from effdet.modes.train import build_training
+    from effdet.train.hooks import StepTimer
 
     run_dir = tempfile.mkdtemp(prefix="effdet-scaling-")
     try:
         job = build_training(cfg, run_dir)
-        trainer, workers = job.trainer, job.workers
-        trainer.save = lambda: None  # checkpoint writes are not what this measures
-        trainer.settings.total_steps = args.warmup
-        trainer.fit(job.dataset_at)
-        trainer.settings.total_steps = args.warmup + args.steps
-        window = watch_loops(trainer)
-        summary = trainer.fit(job.dataset_at)
-        threads = cpu_split(window, args.steps)
+        workers = job.workers
+        # the only hook: the steps after the warm-up, without checkpoint, log or history writes, and without
+        # building or tearing down the input iterator (tf.data may take seconds to stop its threads)
+        timer = StepTimer(after=args.warmup, mark=lambda: (thread_cpu_seconds(), time.perf_counter()))
+        job.trainer.fit(job.dataset_at, [timer])
+        threads = cpu_split(timer.start[1], timer.end[1], args.steps)
+        seconds = timer.end[1][1] - timer.start[1][1]
 
         gradients = [tf.ones_like(v) for v in job.model.trainable_variables]
         reduce = tf.function(workers.average_gradients)
@@ -82,8 +81,8 @@ def measure(args) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
     if workers.is_chief:
         print("RESULT " + json.dumps({
-            "workers": workers.size, "images_per_second": summary["images_per_second"],
-            "seconds_per_step": summary["seconds"] / args.steps, "allreduce_seconds": allreduce, "threads": per_rank,
+            "workers": workers.size, "images_per_second": args.steps * args.batch_size * workers.size / seconds,
+            "seconds_per_step": seconds / args.steps, "allreduce_seconds": allreduce, "threads": per_rank,
             "cycle": describe_cycle(),
             "gradient_megabytes": sum(int(g.shape.num_elements()) for g in gradients) * 4 / 2 ** 20}), flush=True)
 
@@ -109,28 +108,11 @@ def thread_cpu_seconds() -> dict:
     return used
 
 
-def watch_loops(trainer) -> dict:
-    """Notes the threads' CPU times and the clock when `fit` starts its first training loop and after each loop
-    returns: the steps alone, without building or tearing down the input iterator (tf.data may take seconds to
-    stop its threads)."""
-    window, loop = {}, trainer._loop
-
-    def noted(*args):
-        if "start" not in window:
-            window["start"] = (thread_cpu_seconds(), time.perf_counter())
-        result = {key: value.numpy() for key, value in loop(*args).items()}  # done before the clock is read
-        window["end"] = (thread_cpu_seconds(), time.perf_counter())
-        return result
-
-    trainer._loop = noted
-    return window
-
-
-def cpu_split(window: dict, steps: int) -> dict:
+def cpu_split(start: tuple, end: tuple, steps: int) -> dict:
     """Where one worker's wall time per step went: its busiest thread (the one TensorFlow runs the step on,
     with one thread per pool), all its other threads (Horovod's background and Gloo threads, tf.data, Python),
     and what is left: time in which the worker's core ran nothing of this worker's (waiting)."""
-    (before, started), (after, ended) = window["start"], window["end"]
+    (before, started), (after, ended) = start, end
     used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
     compute, others = (used[0] if used else 0.0), sum(used[1:])
     return {"compute": compute / steps, "other_threads": others / steps,

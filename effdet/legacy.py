@@ -11,7 +11,7 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from effdet.errors import ConfigError, closest
 from effdet.hardware.launch import RUN_PY
@@ -38,40 +38,44 @@ def _dataset_dir(value: str) -> List[str]:
             f"data.val_file_pattern={os.path.join(value, 'val-*')}"]
 
 
-# flag → (boolean?, its overrides); the README's table is this one
-FLAGS: Dict[str, Tuple[bool, Callable[[str], List[str]]]] = {
-    "mode": (False, _mode),
-    "model_name": (False, lambda value: [f"model={value}"]),
-    "train_batch_size": (False, _same("trainer.batch_size")),  # per worker, as the seed's Horovod runs used it
-    "eval_batch_size": (False, _same("eval.batch_size")),
-    "num_epochs": (False, _same("trainer.num_epochs")),
-    "num_examples_per_epoch": (False, _same("data.num_examples_per_epoch")),
-    "training_file_pattern": (False, _same("data.train_file_pattern")),
-    "validation_file_pattern": (False, _same("data.val_file_pattern")),
-    "val_json_file": (False, _same("data.val_json_file")),
-    "dataset_dir": (False, _dataset_dir),
-    "testdev_dir": (False, _same("eval.testdev_dir")),
-    "model_dir": (False, _same("hydra.run.dir")),
-    "backbone_ckpt": (False, _same("trainer.backbone_ckpt")),
-    "ckpt": (False, _same("trainer.ckpt")),
-    "cp_every_n_steps": (False, _same("trainer.checkpoint_every_n_steps")),
-    "keep_checkpoint_max": (False, _same("trainer.keep_checkpoint_max")),
-    "log_every_n_steps": (False, _same("trainer.log_every_n_steps")),
-    "iterations_per_loop": (False, _same("trainer.steps_per_loop")),
-    "eval_after_training": (True, _same("trainer.eval_after_training")),
-    "eval_samples": (False, _same("eval.samples")),
-    "eval_timeout": (False, _same("eval.timeout")),
-    "min_eval_interval": (False, _same("eval.min_interval")),
-    "use_amp": (True, None),  # depends on the device: resolved in translate()
-    "use_xla": (True, _same("trainer.xla")),
-    "use_fake_data": (True, lambda value: ["data=fake"] if value == "true" else []),
-    "deterministic": (True, _switch("trainer.deterministic", "data.deterministic")),
-    "no_hpu": (True, None),
-    "use_horovod": (False, _same("hardware.num_workers")),  # the number of workers
-    "hls_type": (False, None),
-    "kubernetes_run": (True, lambda value: ["hardware.launcher=none"] if value == "true" else []),
-    "hparams": (False, None),
+# flags that set one key to their value: flag, key (train_batch_size is per worker, as the seed's Horovod runs
+# used it; use_horovod N: N workers)
+ONE_KEY = dict(line.split() for line in """
+    train_batch_size         trainer.batch_size
+    eval_batch_size          eval.batch_size
+    num_epochs               trainer.num_epochs
+    num_examples_per_epoch   data.num_examples_per_epoch
+    training_file_pattern    data.train_file_pattern
+    validation_file_pattern  data.val_file_pattern
+    val_json_file            data.val_json_file
+    testdev_dir              eval.testdev_dir
+    model_dir                hydra.run.dir
+    backbone_ckpt            trainer.backbone_ckpt
+    ckpt                     trainer.ckpt
+    cp_every_n_steps         trainer.checkpoint_every_n_steps
+    keep_checkpoint_max      trainer.keep_checkpoint_max
+    log_every_n_steps        trainer.log_every_n_steps
+    iterations_per_loop      trainer.steps_per_loop
+    eval_after_training      trainer.eval_after_training
+    eval_samples             eval.samples
+    eval_timeout             eval.timeout
+    min_eval_interval        eval.min_interval
+    use_xla                  trainer.xla
+    use_horovod              hardware.num_workers
+""".strip().splitlines())
+# flags with their own translation; None: resolved in translate() (they depend on the device)
+OWN_WAY = {
+    "mode": _mode, "model_name": lambda value: [f"model={value}"], "dataset_dir": _dataset_dir,
+    "use_amp": None, "use_fake_data": lambda value: ["data=fake"] if value == "true" else [],
+    "deterministic": _switch("trainer.deterministic", "data.deterministic"), "no_hpu": None, "hls_type": None,
+    "kubernetes_run": lambda value: ["hardware.launcher=none"] if value == "true" else [], "hparams": None,
 }
+BOOLEAN_FLAGS = {"eval_after_training", "use_amp", "use_xla", "use_fake_data", "deterministic", "no_hpu",
+                 "kubernetes_run"}
+# flag → (boolean?, its overrides); the README's table is this one
+FLAGS: Dict[str, Tuple[bool, Optional[Callable[[str], List[str]]]]] = {
+    flag: (flag in BOOLEAN_FLAGS, translation)
+    for flag, translation in [*((flag, _same(key)) for flag, key in ONE_KEY.items()), *OWN_WAY.items()]}
 TPU_FLAGS = ("tpu", "gcp_project", "tpu_zone", "eval_master", "use_tpu", "num_cores", "num_cores_per_replica",
              "use_spatial_partition", "input_partition_dims", "transpose_input", "strategy", "tpu_job_name")
 HLS_TYPES = {"HLS1": "hls1", "HLS1-H": "hls1h"}

@@ -3,7 +3,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 import tensorflow as tf
 
@@ -20,6 +20,7 @@ from effdet.sweep import TRAIN_SUMMARY
 from effdet.train.builder import build_ema, build_loss, build_optimization, set_precision, steps_of
 from effdet.train.curves import plot_training_curves
 from effdet.train.distributed import init_workers
+from effdet.train.hooks import TRAIN_HISTORY, Evaluation, build_hooks, evaluation_interval, read_history
 from effdet.train.trainer import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -123,16 +124,10 @@ def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at
         with trainer.ema.swap():
             return evaluate_and_record(cfg, job.model, job.source, job.labeler, workers, run_dir, step)
 
-    result, seconds, start = {}, 0.0, int(trainer.step)
-    for stop in evaluation_steps(start, settings.total_steps, settings.steps_per_epoch, eval_every_n_epochs):
-        summary = trainer.fit(job.dataset_at, until=stop)
-        seconds += summary["seconds"]
-        if summary["stopped_early"]:
-            break
-        if stop < settings.total_steps:
-            result["eval"] = evaluate(stop)
-    summary.update(seconds=seconds, images_per_second=(summary["step"] - start) * settings.batch_size *
-                   workers.size / max(seconds, 1e-9))
+    evaluation = Evaluation(evaluate, evaluation_interval(settings.steps_per_epoch, eval_every_n_epochs),
+                            at_end=eval_at_end) if can_evaluate else None
+    summary = trainer.fit(job.dataset_at, build_hooks(trainer, evaluation))
+    result = {"eval": evaluation.last} if evaluation is not None and evaluation.results else {}
     corrupt = trainer.corrupt_summary()
     if corrupt is not None:
         summary["corrupt_records"] = corrupt
@@ -143,34 +138,6 @@ def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at
         with open(os.path.join(run_dir, TRAIN_SUMMARY), "w") as handle:
             json.dump({key: summary[key] for key in ("step", "seconds", "images_per_second", "stopped_early",
                                                      "corrupt_records") if key in summary}, handle, indent=1)
-        plot_training_curves(read_history(trainer.history_path), os.path.join(run_dir, "training_curves.png"))
-    if eval_at_end and not summary["stopped_early"] and can_evaluate:
-        result["eval"] = evaluate(summary["step"])
+        plot_training_curves(read_history(os.path.join(run_dir, TRAIN_HISTORY)),
+                             os.path.join(run_dir, "training_curves.png"))
     return result
-
-
-def evaluation_steps(start: int, total: int, steps_per_epoch: int, every_n_epochs: Optional[float]) -> List[int]:
-    """The steps after `start` at which training pauses for an evaluation, ending with `total`."""
-    if not every_n_epochs:
-        return [total]
-    every = max(1, int(round(every_n_epochs * steps_per_epoch)))
-    return list(range((start // every + 1) * every, total, every)) + [total]
-
-
-def read_history(path: str) -> List[Dict[str, float]]:
-    """train_history.jsonl in step order. Steps trained again after a crash keep their latest record; a line
-    cut short by a kill is left out (and reported)."""
-    if not os.path.exists(path):
-        return []
-    by_step, broken = {}, 0
-    with open(path) as handle:
-        for line in handle:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                broken += bool(line.strip())
-                continue
-            by_step[entry["step"]] = entry
-    if broken:
-        log.warning("%s: %d line(s) cut short by an interrupted run were left out", path, broken)
-    return [by_step[step] for step in sorted(by_step)]

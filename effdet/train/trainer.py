@@ -1,13 +1,10 @@
 """The training loop: EfficientDet's recipe (clipping, weight decay, EMA) on any number of Horovod workers,
 with checkpoints that survive crashes, automatic resume, and a guard against non-finite losses."""
-import json
 import logging
-import math
 import os
-import signal
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -16,6 +13,7 @@ from effdet.data.reader import (CorruptDataError, CorruptRecords, describe_count
                                 stop_reason)
 from effdet.errors import DataError, EffdetError
 from effdet.train.distributed import Workers
+from effdet.train.hooks import Hook
 from effdet.train.losses import weight_decay
 
 log = logging.getLogger(__name__)
@@ -55,14 +53,11 @@ class Trainer:
         self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
                                                   max_to_keep=settings.keep_checkpoint_max, checkpoint_name="ckpt")
-        self.history: List[Dict[str, float]] = []
-        # One JSON line per recorded step, written as training goes: a killed run keeps its curves up to the kill.
-        self.history_path = os.path.join(run_dir, "train_history.jsonl")
+        self._saved_step: Optional[int] = None  # the step of the checkpoint this process wrote or restored last
         self._stop_requested: Optional[str] = None
         # The training input's bad records (this worker's readers count them); None: nothing to watch.
         self.corrupt = corrupt
         self.corrupt_met = 0  # over all workers, as of the last loop
-        self._input = None  # (dataset_at, step, iterator): where the last fit left this worker's batches
         self._loop = self._build_loop()
 
     # --- state ----------------------------------------------------------------------------------------------
@@ -74,6 +69,7 @@ class Trainer:
         latest = self.manager.latest_checkpoint
         if latest:
             self.checkpoint.read(latest).assert_existing_objects_matched()
+            self._saved_step = int(self.step)
             log.info("resumed from %s at step %d", latest, int(self.step))
         elif initialize is not None:
             initialize()
@@ -83,9 +79,12 @@ class Trainer:
         return int(self.step)
 
     def save(self) -> Optional[str]:
-        """Writes a checkpoint (rank 0 only) after checking that nothing in it is non-finite."""
+        """Writes a checkpoint of this step (rank 0 only; once: a second call at the same step returns the first's
+        path) after checking that nothing in it is non-finite."""
         if not self.workers.is_chief:
             return None
+        if self._saved_step == int(self.step) and self.manager.latest_checkpoint:
+            return self.manager.latest_checkpoint
         bad = [v.name for v in self.model.variables + list(self.ema.shadow_variables)
                if v.dtype.is_floating and not np.isfinite(v.numpy()).all()]
         if bad:
@@ -94,7 +93,9 @@ class Trainer:
                 f"saved. Last good checkpoint: {self.manager.latest_checkpoint or 'none'}")
         # CheckpointManager writes the data and index files first and then, atomically, the 'checkpoint'
         # file that names the latest one: a crash mid-write leaves the previous checkpoint as the latest.
-        return self.manager.save(checkpoint_number=int(self.step))
+        path = self.manager.save(checkpoint_number=int(self.step))
+        self._saved_step = int(self.step)
+        return path
 
     # --- the step -------------------------------------------------------------------------------------------
 
@@ -158,70 +159,67 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------------------
 
-    def fit(self, dataset_at: Callable[[int], tf.data.Dataset], until: Optional[int] = None) -> Dict[str, float]:
-        """Trains until settings.total_steps, or until step `until` (a checkpoint is written there: an evaluation
-        between two calls sees the weights it evaluates on disk). `dataset_at(step)` gives this worker's batches
-        from that step."""
-        settings = self.settings
-        stop_at = settings.total_steps if until is None else min(until, settings.total_steps)
+    def fit(self, dataset_at: Callable[[int], tf.data.Dataset], hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
+        """Trains from the current step to settings.total_steps, unless a stop request (a signal, a hook) or bad
+        data end it first. `dataset_at(step)` gives this worker's batches from that step; `hooks` (usually
+        `build_hooks(trainer)`, effdet/train/hooks.py) do everything around the loop."""
         start_step = int(self.step)
-        iterator = self._batches(dataset_at, start_step)
-        writer = tf.summary.create_file_writer(os.path.join(self.run_dir, "tensorboard")) \
-            if self.workers.is_chief else tf.summary.create_noop_writer()
-        progress = self._progress_bar(start_step)
-        restore_signals = self._catch_stop_signals()
-        last_log = (time.perf_counter(), start_step)
+        iterator = iter(dataset_at(start_step))
         started = time.perf_counter()
         try:
-            while int(self.step) < stop_at:
-                steps = min(settings.steps_per_loop, stop_at - int(self.step),
-                            self._steps_to_next_boundary())
-                losses = self._run_loop(iterator, int(self.step) + steps)
-                step = int(self.step)
-                signalled, data_problem = self._agree_to_stop()
-                if losses["finite"] < 1:
-                    self._on_nonfinite(step, steps)
-                self._record(step, losses, writer)
-                if progress is not None:
-                    progress.update(steps)
-                    progress.set_postfix(loss=f"{losses['total_loss']:.3f}", refresh=False)
-                if step % settings.log_every_n_steps == 0 or step == settings.total_steps:
-                    last_log = self._log(step, losses, last_log, started, start_step)
-                saved = step % settings.checkpoint_every_n_steps == 0 or step == stop_at
-                if saved:
-                    self.save()
-                if data_problem:
-                    path = self.manager.latest_checkpoint if saved else self.save()
-                    raise CorruptDataError(f"{data_problem}. Checkpoint saved at step {step}: "
-                                           f"{path or 'by rank 0'}. Run mode=check_data to list every bad record; "
-                                           "data.on_corrupt=skip skips them")
-                if signalled:
-                    path = self.save()
-                    log.warning("stopped by %s at step %d; checkpoint saved: %s", self._stop_requested or "a worker",
-                                step, path or "(by rank 0)")
-                    break
-        finally:
-            restore_signals()
-            if progress is not None:
-                progress.close()
-            writer.flush()
-        elapsed = time.perf_counter() - started
+            for hook in hooks:
+                hook.before_fit(self)
+            outcome = self._train(iterator, hooks)
+        except BaseException:
+            self._close(hooks, "failed")
+            raise
+        seconds = time.perf_counter() - started - sum(hook.paused_seconds for hook in hooks)
+        self._close(hooks, outcome)
         trained = int(self.step) - start_step
-        if int(self.step) < settings.total_steps:  # train_and_eval fits again from here after evaluating
-            self._input = (dataset_at, int(self.step), iterator)
-        return {"step": int(self.step), "stopped_early": int(self.step) < stop_at,
-                "skipped_steps": int(self.skipped_steps), "seconds": elapsed,
-                "images_per_second": trained * settings.batch_size * self.workers.size / max(elapsed, 1e-9)}
+        return {"step": int(self.step), "stopped_early": outcome != "done",
+                "skipped_steps": int(self.skipped_steps), "seconds": seconds,
+                "images_per_second": trained * self.settings.batch_size * self.workers.size / max(seconds, 1e-9)}
 
-    def _batches(self, dataset_at: Callable[[int], tf.data.Dataset], step: int):
-        """This worker's batches from `step` on: the iterator the last fit left at that step, if any, else a new
-        one. A new stream that starts at step N reads and drops the N × batch records before it (the price of
-        resuming the exact order), so fits that continue one another must not start it anew each time."""
-        kept, self._input = self._input, None
-        if kept is not None and kept[0] == dataset_at and kept[1] == step:
-            return kept[2]
-        del kept  # the old stream's buffers go before the new one fills its own
-        return iter(dataset_at(step))
+    def request_stop(self, why: str) -> None:
+        """Asks the workers to stop after the current loop, with a checkpoint (a signal handler's or a hook's
+        call). The first reason given is the one reported."""
+        self._stop_requested = self._stop_requested or why
+
+    def _train(self, iterator, hooks: Sequence[Hook]) -> str:
+        """The loops, each up to the next step a hook must see: "done" or "stopped"."""
+        total = self.settings.total_steps
+        while int(self.step) < total:
+            begin = int(self.step)
+            boundaries = [b for b in (hook.next_boundary(begin) for hook in hooks) if b is not None]
+            losses = self._run_loop(iterator, min([begin + self.settings.steps_per_loop, total, *boundaries]))
+            step = int(self.step)
+            signalled, data_problem = self._agree_to_stop()
+            if losses["finite"] < 1:
+                self._on_nonfinite(step, step - begin)
+            for hook in hooks:
+                hook.after_loop(self, step, losses)
+            if data_problem:
+                raise CorruptDataError(f"{data_problem}. Checkpoint saved at step {step}: "
+                                       f"{self.save() or 'by rank 0'}. Run mode=check_data to list every bad "
+                                       "record; data.on_corrupt=skip skips them")
+            if signalled:
+                path = self.save()
+                log.warning("stopped by %s at step %d; checkpoint saved: %s", self._stop_requested or "a worker",
+                            step, path or "(by rank 0)")
+                return "stopped"
+        return "done"
+
+    def _close(self, hooks: Sequence[Hook], outcome: str) -> None:
+        """Every hook's after_fit. After a failure each one still runs, and the error on its way up stays the one
+        reported."""
+        for hook in hooks:
+            if outcome != "failed":
+                hook.after_fit(self, outcome)
+                continue
+            try:
+                hook.after_fit(self, outcome)
+            except Exception:  # noqa: BLE001  (the training error matters more than a hook's clean-up)
+                log.exception("%s could not clean up after the failure", type(hook).__name__)
 
     def _run_loop(self, iterator, end: int) -> Dict[str, float]:
         """Trains up to step `end` in one compiled loop. A batch that the input cannot make (a record that
@@ -275,12 +273,6 @@ class Trainer:
             return None
         return merge_counts(self.workers.gather(self.corrupt.counts()))
 
-    def _steps_to_next_boundary(self) -> int:
-        """Steps until the next log or checkpoint step, so that a loop never runs past one."""
-        step = int(self.step)
-        every = [self.settings.log_every_n_steps, self.settings.checkpoint_every_n_steps]
-        return max(1, min(n - step % n for n in every))
-
     def _on_nonfinite(self, step: int, steps: int) -> None:
         if self.settings.on_nonfinite == "skip":
             log.warning("non-finite loss in steps %d..%d: skipped (%d skipped so far)", step - steps + 1, step,
@@ -290,56 +282,3 @@ class Trainer:
             f"non-finite loss at step {step} (in steps {step - steps + 1}..{step}); training stopped, the update "
             f"was not applied. Last good checkpoint: {self.manager.latest_checkpoint or 'none'}. Lower "
             "optimizer.lr or set trainer.on_nonfinite=skip to skip such steps.")
-
-    def _record(self, step, losses, writer):
-        entry = {"step": step, **{k: v for k, v in losses.items() if k != "finite"}}
-        if self.learning_rate is not None:
-            entry["learning_rate"] = float(self.learning_rate(step))
-        if self.corrupt_met:  # bad records met so far, over all workers (clean runs keep their usual curves)
-            entry["corrupt_records"] = self.corrupt_met
-        self.history.append(entry)
-        if self.workers.is_chief:
-            with open(self.history_path, "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
-        with writer.as_default(step=step):
-            for key, value in entry.items():
-                if key != "step":
-                    tf.summary.scalar(f"train/{key}", value)
-
-    def _log(self, step, losses, last_log, started, start_step):
-        now = time.perf_counter()
-        last_time, last_step = last_log
-        rate = (step - last_step) * self.settings.batch_size * self.workers.size / max(now - last_time, 1e-9)
-        per_step = (now - started) / max(step - start_step, 1)
-        eta = per_step * (self.settings.total_steps - step)
-        if self.workers.is_chief:
-            parts = " ".join(f"{k}={v:.4f}" for k, v in losses.items() if k.endswith("loss"))
-            lr = f" lr={float(self.learning_rate(step)):.5f}" if self.learning_rate is not None else ""
-            corrupt = f" corrupt_records={self.corrupt_met}" if self.corrupt_met else ""
-            log.info("step %d/%d epoch %.2f %s%s images/s=%.1f eta=%s%s", step, self.settings.total_steps,
-                     step / self.settings.steps_per_epoch, parts, lr, rate, _duration(eta), corrupt)
-        return now, step
-
-    def _progress_bar(self, start_step):
-        if not (self.workers.is_chief and self.settings.progress_bar):
-            return None
-        from tqdm import tqdm
-
-        return tqdm(total=self.settings.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                    desc="train", mininterval=1.0)
-
-    def _catch_stop_signals(self):
-        """SIGTERM and Ctrl-C finish the current loop, save a checkpoint and stop cleanly."""
-        def request(signum, _frame):
-            self._stop_requested = signal.Signals(signum).name
-
-        previous = {s: signal.signal(s, request) for s in (signal.SIGTERM, signal.SIGINT)}
-        return lambda: [signal.signal(s, handler) for s, handler in previous.items()]
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, seconds = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}"

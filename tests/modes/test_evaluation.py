@@ -12,7 +12,6 @@ from effdet.eval.evaluate import per_class_table, plot_ap_over_steps, read_metri
 from effdet.model.builder import build_model
 from effdet.model.checkpoint import export_name_based
 from effdet.modes.evaluation import checkpoint_of, latest_checkpoint_in, restore_for_evaluation, watch_checkpoints
-from effdet.modes.train import evaluation_steps
 from effdet.train.builder import build_ema
 from tests.conftest import compose
 
@@ -79,13 +78,6 @@ def test_metrics_history_and_its_plot(tmp_path):
     assert (tmp_path / "ap.png").stat().st_size > 5000
     assert per_class_table({"circle": 0.5, "square": -1.0, "triangle": 0.7}).splitlines() == [
         "triangle  0.700", "circle    0.500", "square    -"]
-
-
-@pytest.mark.parametrize("start, total, per_epoch, every, expected", [
-    (0, 10, 3, 1.0, [3, 6, 9, 10]), (4, 10, 3, 1.0, [6, 9, 10]), (0, 10, 4, 0.5, [2, 4, 6, 8, 10]),
-    (0, 10, 3, None, [10]), (0, 9, 3, 1.0, [3, 6, 9]), (9, 9, 3, 1.0, [9])])
-def test_train_and_eval_pauses_every_n_epochs_and_at_the_end(start, total, per_epoch, every, expected):
-    assert evaluation_steps(start, total, per_epoch, every) == expected
 
 
 def write_checkpoints_over_time(directory, steps, pause):

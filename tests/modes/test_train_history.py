@@ -1,7 +1,7 @@
 """train_history.jsonl across resumes and kills: what the training curves are drawn from."""
 import json
 
-from effdet.modes.train import read_history
+from effdet.train.hooks import read_history
 
 
 def test_history_keeps_the_latest_record_of_each_step_and_skips_a_line_cut_by_a_kill(tmp_path, caplog):

@@ -8,6 +8,7 @@ import sys
 from effdet.data.reader import CorruptDataError
 from effdet.train.distributed import init_workers
 from tests.train.test_corrupt_input import trainer_on
+from tests.train.test_trainer import fit
 
 
 def main(pattern, out_dir):
@@ -15,12 +16,12 @@ def main(pattern, out_dir):
     workers = init_workers(use_horovod=True)
     results = {}
     trainer, data = trainer_on(out / "skip", pattern, "skip", max_fraction=0.5, workers=workers)
-    results["skip"] = {"step": trainer.fit(data)["step"], "corrupt": trainer.corrupt_summary()}
+    results["skip"] = {"step": fit(trainer, data)[0]["step"], "corrupt": trainer.corrupt_summary()}
     for case, on_corrupt, fraction in (("stop", "stop", 0.5), ("fraction", "skip", 0.1)):
         trainer, data = trainer_on(out / case, pattern, on_corrupt, max_fraction=fraction, total_steps=50,
                                    workers=workers)
         try:
-            trainer.fit(data)
+            fit(trainer, data)
             results[case] = {"step": int(trainer.step), "message": "not stopped", "checkpoint": ""}
         except CorruptDataError as error:
             results[case] = {"step": int(trainer.step), "message": str(error),

@@ -11,7 +11,7 @@ from effdet.data.targets import AnchorLabeler
 from effdet.errors import DataError
 from tests.data.test_pipeline import rectangle_record, write_records
 from tests.data.test_reader import damage, record_offsets
-from tests.train.test_trainer import SIZE, make_trainer, tiny_detector
+from tests.train.test_trainer import SIZE, fit, make_trainer, tiny_detector
 
 
 @pytest.fixture
@@ -40,19 +40,20 @@ def trainer_on(tmp_path, pattern, on_corrupt, max_fraction=0.5, total_steps=6, w
 def test_skip_trains_to_the_end_and_reports_the_bad_record(tmp_path, damaged_shards):
     pattern, bad = damaged_shards
     trainer, data = trainer_on(tmp_path, pattern, "skip")
-    assert trainer.fit(data)["step"] == 6  # 12 images: more than one pass over the 7 good records
+    summary, history = fit(trainer, data)
+    assert summary["step"] == 6  # 12 images: more than one pass over the 7 good records
     summary = trainer.corrupt_summary()
     assert list(summary["shards"]) == [bad] and summary["shards"][bad]["records"] == 1
     assert summary["corrupt"] >= 1 and summary["records_read"] >= 7
     # the history counts as of each step: the readers run ahead of the steps, so it may lag the summary
-    assert 1 <= trainer.history[-1]["corrupt_records"] <= summary["corrupt"]
+    assert 1 <= history[-1]["corrupt_records"] <= summary["corrupt"]
 
 
 def test_stop_saves_a_checkpoint_at_that_step_and_names_the_shard(tmp_path, damaged_shards):
     pattern, bad = damaged_shards
     trainer, data = trainer_on(tmp_path, pattern, "stop", total_steps=50)
     with pytest.raises(CorruptDataError) as caught:
-        trainer.fit(data)
+        fit(trainer, data)
     message = str(caught.value)
     step = int(trainer.step)
     assert step < 50 and f"{bad}: fails its CRC" in message and f"at step {step}" in message
@@ -64,7 +65,7 @@ def test_skip_stops_once_the_bad_records_pass_the_fraction(tmp_path, damaged_sha
     trainer, data = trainer_on(tmp_path, pattern, "skip", max_fraction=0.05, total_steps=50)
     with pytest.raises(CorruptDataError, match=r"of \d+ train records read are corrupt .*more than "
                                                r"data.max_corrupt_fraction=0.05; the first: .*train-1"):
-        trainer.fit(data)
+        fit(trainer, data)
     assert trainer.manager.latest_checkpoint.endswith(f"ckpt-{int(trainer.step)}")
 
 
@@ -88,7 +89,7 @@ def failing_batches(fail_at, batch=2):
 def test_a_batch_that_cannot_be_made_is_counted_and_training_goes_on(tmp_path):
     corrupt = CorruptRecords("train", "skip", 0.5, expected_records=100)
     trainer, _ = make_trainer(tmp_path, total_steps=6, make_model=tiny_detector, corrupt=corrupt, steps_per_loop=3)
-    assert trainer.fit(failing_batches(fail_at=1))["step"] == 6  # batch 1 lost; the loop ran on from batch 2
+    assert fit(trainer, failing_batches(fail_at=1))[0]["step"] == 6  # batch 1 lost; the loop ran on from batch 2
     unknown = corrupt.counts()["shards"]["(a batch; shard unknown)"]
     assert corrupt.corrupt == 1 and "does not decode" in unknown["problem"]
 
@@ -97,7 +98,7 @@ def test_input_that_runs_out_ends_the_run_with_a_checkpoint_and_a_message(tmp_pa
     corrupt = CorruptRecords("train", "skip", 0.5)
     trainer, data = make_trainer(tmp_path, total_steps=60, make_model=tiny_detector, corrupt=corrupt, steps_per_loop=1)
     with pytest.raises(DataError, match="the training data ran out.*Checkpoint saved at step 40"):
-        trainer.fit(lambda step: data(step).take(40))
+        fit(trainer, lambda step: data(step).take(40))
     assert os.path.exists(trainer.manager.latest_checkpoint + ".index")
 
 
