@@ -1,6 +1,6 @@
 # EfficientDet (effdet) developer tasks. Everything runs through .venv/bin/python;
 # no activation needed. `make venv` is cheap when nothing changed.
-#   make run ARGS='model=efficientdet-d0 train.epochs=1'
+#   make run ARGS='model=efficientdet-d0 trainer.num_epochs=1'
 #   make test PYTEST_ARGS='-m "not slow"'
 #   EFFDET_DEVICE=gpu make venv      (tensorflow[and-cuda] instead of tensorflow-cpu)
 #   EFFDET_SKIP_HOROVOD=1 make venv  (no Horovod: single-process only)
