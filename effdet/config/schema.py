@@ -57,7 +57,8 @@ PRECISIONS = "effdet.train.builder:PRECISION_POLICIES"
 
 @dataclass
 class BatchNormConfig:
-    kind: str = registered("batch_norm", "effdet.model:NORMALIZATIONS")  # batch_norm | sync_batch_norm (moments over all Horovod workers)
+    # batch_norm | sync_batch_norm (moments over all Horovod workers)
+    kind: str = registered("batch_norm", "effdet.model:NORMALIZATIONS")
     momentum: float = fraction(0.99)
     epsilon: float = field(default=1e-3, metadata={"min": 0.0})
 
