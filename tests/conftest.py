@@ -29,8 +29,15 @@ def reference_d0_variables() -> Dict[str, tuple]:
     return shapes
 
 
+def group_options(group: str) -> List[str]:
+    """The options of conf/<group>/ (its .yaml files; a subfolder such as model/base holds shared parts)."""
+    from effdet.config.preflight import group_options as options
+
+    return options(CONF_DIR, group)
+
+
 def model_variants() -> List[str]:
-    return sorted(name[:-5] for name in os.listdir(os.path.join(CONF_DIR, "model")))
+    return group_options("model")
 
 
 def compose(overrides=()):

@@ -42,5 +42,6 @@ def check_group_choices(argv: List[str], conf_dir: str) -> Optional[str]:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
         for value in values:
             if value is not None and str(value) not in choices:
-                return unknown_name_message(group, str(value), choices, where=f"the command line: {override.input_line}")
+                return unknown_name_message(group, str(value), choices,
+                                            where=f"the command line: {override.input_line}")
     return None

@@ -1,11 +1,15 @@
 """The typed schema of a job's config. Hydra checks types on every merge; `validate` checks ranges.
 
-Group files (conf/model/*.yaml, ...) fill these nodes; a key they add that is not here is an error.
+Every default lives here, and only here: a group's file (conf/model/*.yaml, ...) holds what identifies its
+option or differs from these, and a class whose argument mirrors a key takes its default with `default_of`
+(tests/config/test_defaults.py holds both to it). A key a group file adds that is not here is an error.
 Ranges are in each field's metadata ({"min": ...} / {"max": ...}); a name field says which registry
-knows its valid values ({"registry": "module:NAME"}, imported only when validating).
+knows its valid values ({"registry": "module:NAME"}), a choice field which module lists them
+({"choices": "module:NAME"}, the list its code checks against); both are imported only when validating.
 """
+import dataclasses
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -27,9 +31,34 @@ def fraction(default):
     return field(default=default, metadata={"min": 0.0, "max": 1.0})
 
 
+def one_of(default, choices):
+    """A field whose value is one of `choices`: "module:NAME" of the list that the code using it checks, or the
+    list itself when no module has one."""
+    return field(default=default, metadata={"choices": choices})
+
+
+def default_of(schema: type, name: str) -> Any:
+    """The default of `schema.name`: for a class or function argument that mirrors that config key, so that
+    the schema stays the one home of the value (a list default comes back as a tuple)."""
+    for spec in dataclasses.fields(schema):
+        if spec.name == name:
+            if spec.default_factory is not dataclasses.MISSING:
+                value = spec.default_factory()
+                return tuple(value) if isinstance(value, list) else value
+            if spec.default is MISSING or spec.default is dataclasses.MISSING:
+                raise ValueError(f"{schema.__name__}.{name} has no default")
+            return spec.default
+    raise KeyError(f"{schema.__name__} has no field {name!r}: its fields are "
+                   f"{', '.join(f.name for f in dataclasses.fields(schema))}")
+
+
+PRECISIONS = "effdet.train.builder:PRECISION_POLICIES"
+
+
 @dataclass
 class BatchNormConfig:
-    kind: str = registered("batch_norm", "effdet.model:NORMALIZATIONS")  # batch_norm | sync_batch_norm (moments over all Horovod workers)
+    # batch_norm | sync_batch_norm (moments over all Horovod workers)
+    kind: str = registered("batch_norm", "effdet.model:NORMALIZATIONS")
     momentum: float = fraction(0.99)
     epsilon: float = field(default=1e-3, metadata={"min": 0.0})
 
@@ -93,7 +122,7 @@ class DataConfig:
     reduced_decode: bool = True
     # records that fail their CRC, do not parse or hold an undecodable image: skip (counted, reported) or stop
     # (checkpoint, then exit naming the shard). With skip, the run still stops past this share of records read.
-    on_corrupt: str = field(default="skip", metadata={"choices": ["skip", "stop"]})
+    on_corrupt: str = one_of("skip", "effdet.data.reader:ON_CORRUPT")
     max_corrupt_fraction: float = fraction(0.01)
 
 
@@ -102,20 +131,20 @@ class HardwareConfig:
     name: str = registered("cpu", "effdet.hardware:HARDWARE")
     num_workers: int = positive(1)  # workers per host; more than 1 (or several hosts): run.py starts them
     hosts: List[str] = field(default_factory=list)  # several servers: ["name:workers", ...]; empty: this one
-    launcher: str = field(default="horovodrun", metadata={"choices": ["horovodrun", "mpirun", "none"]})
+    launcher: str = one_of("horovodrun", ["horovodrun", "mpirun", "none"])
     launcher_args: List[str] = field(default_factory=list)  # extra arguments for horovodrun / mpirun
     cores_per_worker: int = non_negative(0)  # mpirun --map-by socket:PE=N; 0: the host's cores / its workers
     dry_run: bool = False  # print the launch command and the files it would write; start nothing
-    # the device's defaults for trainer.precision and trainer.xla (conf/trainer/default.yaml refers to these)
-    precision: str = field(default="fp32", metadata={"choices": ["fp32", "mixed_float16", "mixed_bfloat16"]})
+    # the device's defaults for trainer.precision and trainer.xla (TrainerConfig refers to these)
+    precision: str = one_of("fp32", PRECISIONS)
     xla: bool = False
     intra_op_threads: int = non_negative(0)  # 0: TensorFlow decides
     inter_op_threads: int = non_negative(0)
-    # glibc: keep megabyte buffers in malloc's heap instead of a fresh mmap each (input pipeline ~1.15× faster)
+    # glibc: keep megabyte buffers in malloc's heap instead of a fresh mmap each (docs/benchmarks.md: input pipeline)
     malloc_tuning: bool = True
     # TensorFlow's oneDNN kernels (TF_ENABLE_ONEDNN_OPTS), which TF 2.15 leaves off on CPUs without AVX-512
     onednn: bool = True
-    # Horovod's background cycle (HOROVOD_CYCLE_TIME, which wins when set); null: Horovod's own, 1 ms
+    # Horovod's background cycle (HOROVOD_CYCLE_TIME, which wins when set); null: Horovod's own
     horovod_cycle_time_ms: Optional[float] = field(default=None, metadata={"min": 0.1})
     # Gaudi (hls1, hls1h): the HCCL API needs no HCL config file; HCL_PORT of the file otherwise
     hccl: bool = False
@@ -143,13 +172,13 @@ class TrainerConfig:
     deterministic: bool = False  # identical loss sequences on the CPU for a fixed seed (slower)
     ckpt: Optional[str] = None  # an EfficientDet checkpoint to start from: automl's or ours
     backbone_ckpt: Optional[str] = None  # an EfficientNet checkpoint for the backbone
-    precision: str = field(default="fp32", metadata={"choices": ["fp32", "mixed_float16", "mixed_bfloat16"]})
-    xla: bool = False
+    precision: str = one_of("${hardware.precision}", PRECISIONS)  # default: the device's (conf/hardware)
+    xla: bool = "${hardware.xla}"  # default: the device's
     steps_per_loop: int = positive(1)
     checkpoint_every_n_steps: int = positive(1000)
     keep_checkpoint_max: int = positive(5)
     log_every_n_steps: int = positive(100)
-    on_nonfinite: str = field(default="stop", metadata={"choices": ["stop", "skip"]})
+    on_nonfinite: str = one_of("stop", ["stop", "skip"])
     clip_gradient_norm: float = field(default=10.0, metadata={"min": 0.0})
     weight_decay: float = field(default=4e-5, metadata={"min": 0.0})
     ema_decay: float = fraction(0.9998)
@@ -172,7 +201,7 @@ class OptimizerConfig:
 class EvalConfig:
     batch_size: int = positive(8)
     samples: Optional[int] = positive(None)  # evaluate on the first N val images only
-    nms: str = field(default="hard", metadata={"choices": ["hard", "soft"]})
+    nms: str = one_of("hard", "effdet.eval.postprocess:NMS_METHODS")  # soft: Gaussian soft-NMS (the paper's)
     iou_threshold: float = fraction(0.5)
     soft_nms_sigma: float = field(default=0.5, metadata={"min": 0.0})
     score_threshold: float = fraction(0.001)
@@ -187,7 +216,7 @@ class EvalConfig:
     engine: str = registered("tensorflow", "effdet.eval.engines:ENGINES")  # tensorflow | tflite (XNNPACK)
     # square: every image fitted into model.image_size and padded to it (automl; the SavedModel does this);
     # stride: padded only up to multiples of the coarsest level's stride, 2^max_level (640×480 runs at 512×384)
-    padding: str = field(default="square", metadata={"choices": ["square", "stride"]})
+    padding: str = one_of("square", "effdet.data.pipeline:PADDINGS")
 
 
 @dataclass
@@ -233,8 +262,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     check_data: CheckDataConfig = field(default_factory=CheckDataConfig)
     # for a sweeper that optimises (hparams_search): the metric of the job's last evaluation that run.py returns
-    optimized_metric: Optional[str] = field(default=None, metadata={"choices": [None, "AP", "AP50", "AP75", "APs",
-                                                                                "APm", "APl", "AR100"]})
+    optimized_metric: Optional[str] = one_of(None, "effdet.eval.evaluate:RECORDED")
 
 
 def register_schema() -> None:

@@ -18,13 +18,20 @@ def validate(cfg: DictConfig, schema: type = Config, path: str = "") -> None:
             validate(value, spec.type, key + ".")
             continue
         _check_range(key, value, spec.metadata)
-        if "choices" in spec.metadata and value not in spec.metadata["choices"]:
-            raise ConfigError(f"{key}={value} is not valid: choose one of {', '.join(spec.metadata['choices'])}")
+        if "choices" in spec.metadata and value is not None:
+            choices = choices_of(spec.metadata["choices"])
+            if value not in choices:
+                raise ConfigError(f"{key}={value} is not valid: choose one of {', '.join(map(str, choices))}")
         if "registry" in spec.metadata and value is not None:
-            _registry(spec.metadata["registry"]).get(value, where=key)
+            _imported(spec.metadata["registry"]).get(value, where=key)
 
 
-def _registry(path: str):
+def choices_of(choices) -> list:
+    """A field's valid values: its metadata's list, or the list (or dict's keys) that "module:NAME" names."""
+    return list(_imported(choices) if isinstance(choices, str) else choices)
+
+
+def _imported(path: str):
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
 

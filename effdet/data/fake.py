@@ -1,12 +1,14 @@
 """data=fake: random images with valid targets, at no input cost (the seed's --use_fake_data), for benchmarks."""
 import tensorflow as tf
 
+from effdet.config.schema import DataConfig, default_of
 from effdet.data.pipeline import Shard
 from effdet.data.targets import AnchorLabeler
 
 
 class FakeInput:
-    def __init__(self, labeler: AnchorLabeler, num_classes: int, seed: int = 0, boxes_per_image: int = 5):
+    def __init__(self, labeler: AnchorLabeler, num_classes: int, seed: int = default_of(DataConfig, "seed"),
+                 boxes_per_image: int = 5):
         self.labeler = labeler
         self.num_classes = num_classes
         self.seed = seed

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
+from effdet.config.schema import DataConfig, EvalConfig, default_of
 from effdet.data import augment, autoaugment
 from effdet.data.example import parse_fields
 from effdet.data.reader import CorruptRecords, records_dataset
@@ -24,15 +25,18 @@ def padding_multiple(padding: str, labeler: AnchorLabeler) -> Optional[int]:
 
 @dataclass(frozen=True)
 class Augmentation:
-    jitter_min: float = 0.1
-    jitter_max: float = 2.0
-    hflip: bool = True
-    grid_mask: bool = False
-    autoaugment_policy: Optional[str] = None  # "v0": the detection AutoAugment policy (Zoph et al., 2019)
+    """The training augmentation; the defaults are the data config's (DataConfig in the schema)."""
+
+    jitter_min: float = default_of(DataConfig, "jitter_min")
+    jitter_max: float = default_of(DataConfig, "jitter_max")
+    hflip: bool = default_of(DataConfig, "hflip")
+    grid_mask: bool = default_of(DataConfig, "grid_mask")
+    # "v0": the detection AutoAugment policy (Zoph et al., 2019)
+    autoaugment_policy: Optional[str] = default_of(DataConfig, "autoaugment_policy")
     # Decode a JPEG that is shrunk by 2×, 4× or 8× (scale jitter in training, fitting to the input size in
     # evaluation) at that reduced resolution (libjpeg's DCT scaling): a few times cheaper, and better
     # anti-aliased than bilinear resizing from full size.
-    reduced_decode: bool = True
+    reduced_decode: bool = default_of(DataConfig, "reduced_decode")
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,11 @@ def pad_to(tensor: tf.Tensor, size: int, value) -> tf.Tensor:
 
 class InputPipeline:
     def __init__(self, file_pattern: str, labeler: AnchorLabeler, augmentation: Augmentation = Augmentation(),
-                 max_instances: int = 100, deterministic: bool = False, seed: int = 0,
-                 shuffle_buffer: int = 1024, cycle_length: int = 8, file_pattern_key: str = "",
+                 max_instances: int = default_of(DataConfig, "max_instances_per_image"),
+                 deterministic: bool = default_of(DataConfig, "deterministic"),
+                 seed: int = default_of(DataConfig, "seed"),
+                 shuffle_buffer: int = default_of(DataConfig, "shuffle_buffer"), cycle_length: int = 8,
+                 file_pattern_key: str = "",
                  corrupt: Optional[CorruptRecords] = None):
         self.files = list_files(file_pattern, file_pattern_key)
         # Bad records are skipped by the readers and counted here; what to do about them is the run's business.
@@ -88,7 +95,7 @@ class InputPipeline:
         return self._finish(examples.batch(batch_size, drop_remainder=True))
 
     def eval(self, batch_size: int, shard: Shard = Shard(), max_examples: Optional[int] = None,
-             padding: str = "square") -> tf.data.Dataset:
+             padding: str = default_of(EvalConfig, "padding")) -> tf.data.Dataset:
         """One pass: (images, targets + what scoring needs: source ids, image scales, ground truth in original
         pixels). The last batch may be smaller. `max_examples` counts over all shards: the same first images
         are evaluated whatever the number of workers, each record by exactly one.
@@ -233,7 +240,8 @@ class InputPipeline:
 
 
 
-def inference_example(encoded: tf.Tensor, image_size: Tuple[int, int], reduced_decode: bool = True,
+def inference_example(encoded: tf.Tensor, image_size: Tuple[int, int],
+                      reduced_decode: bool = default_of(DataConfig, "reduced_decode"),
                       pad_multiple: Optional[int] = None):
     """An encoded image (JPEG, PNG, BMP or GIF; any size) → the model's uint8 input, as evaluation prepares it
     (resized to fit, padded bottom-right), its scale (input pixels per original pixel) and (height, width).

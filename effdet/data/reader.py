@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
+from effdet.config.schema import DataConfig, default_of
 from effdet.data import example as E
 from effdet.errors import DataError
 
@@ -71,7 +72,8 @@ class CorruptRecords:
     Readers in tf.data's threads write to it; the training loop reads it between steps.
     """
 
-    def __init__(self, split: str = "train", on_corrupt: str = "skip", max_fraction: float = 0.01,
+    def __init__(self, split: str = "train", on_corrupt: str = default_of(DataConfig, "on_corrupt"),
+                 max_fraction: float = default_of(DataConfig, "max_corrupt_fraction"),
                  expected_records: Optional[int] = None):
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")

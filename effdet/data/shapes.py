@@ -37,6 +37,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageDraw
 
+from effdet.config.schema import SyntheticConfig, default_of
+
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "ring", "cross")
@@ -46,9 +48,11 @@ GENERATOR_VERSION = 1  # bump whenever the pixels or the annotations change: cac
 SPLITS = ("train", "val")
 _SPLIT_CODES = {"train": 0, "val": 1}
 
-DEFAULT_NUM_TRAIN = 1600
-DEFAULT_NUM_VAL = 200
-DEFAULT_IMAGE_SIZE = (320, 320)
+# data.synthetic's defaults (SyntheticConfig in the schema), for the generator's own command line and callers
+DEFAULT_SEED = default_of(SyntheticConfig, "seed")
+DEFAULT_NUM_TRAIN = default_of(SyntheticConfig, "num_train")
+DEFAULT_NUM_VAL = default_of(SyntheticConfig, "num_val")
+DEFAULT_IMAGE_SIZE = (default_of(SyntheticConfig, "image_size"),) * 2
 JPEG_QUALITY = 90
 
 SUPERSAMPLE = 2  # shapes are drawn at 2x and reduced
@@ -460,7 +464,7 @@ def _remove_stale_temps(parent: str, name: str) -> None:
             shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
-def generate_shapes(output_dir: str, seed: int = 0, num_train: int = DEFAULT_NUM_TRAIN,
+def generate_shapes(output_dir: str, seed: int = DEFAULT_SEED, num_train: int = DEFAULT_NUM_TRAIN,
                     num_val: int = DEFAULT_NUM_VAL, image_size: Size = DEFAULT_IMAGE_SIZE,
                     workers: Optional[int] = None) -> dict:
     """Writes the dataset to output_dir (replacing what is there), deterministically from seed.
@@ -565,7 +569,7 @@ def _matches(root: str, seed: int, counts: Dict[str, int], size: Tuple[int, int]
     return True
 
 
-def ensure_shapes(cache_dir: str, seed: int = 0, num_train: int = DEFAULT_NUM_TRAIN,
+def ensure_shapes(cache_dir: str, seed: int = DEFAULT_SEED, num_train: int = DEFAULT_NUM_TRAIN,
                   num_val: int = DEFAULT_NUM_VAL, image_size: Size = DEFAULT_IMAGE_SIZE,
                   workers: Optional[int] = None) -> str:
     """The directory of the dataset for these settings under cache_dir, generated only if it is not there yet
@@ -587,7 +591,7 @@ def ensure_shapes(cache_dir: str, seed: int = 0, num_train: int = DEFAULT_NUM_TR
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("output_dir")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
     parser.add_argument("--num-val", type=int, default=DEFAULT_NUM_VAL)
     parser.add_argument("--image-size", type=int, nargs=2, default=list(DEFAULT_IMAGE_SIZE), metavar=("H", "W"))

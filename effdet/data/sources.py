@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from effdet.data.example import LABEL_MAP_FILE
 from effdet.data.pipeline import list_files
-from effdet.errors import DataError
+from effdet.errors import ConfigError, DataError
 from effdet.registry import Registry
 
 DATASETS = Registry("dataset kind")
@@ -83,8 +83,12 @@ def tfrecord_source(data_cfg: Any) -> DataSource:
 
 @DATASETS.register("fake")
 def fake_source(data_cfg: Any) -> DataSource:
+    """Random batches: there are no shards to count, so the data config says how many make an epoch."""
+    if not data_cfg.num_examples_per_epoch:
+        raise ConfigError(f"data '{data_cfg.name}' (kind fake) has no shards to count: set "
+                          f"data.num_examples_per_epoch, as conf/data/fake.yaml does")
     return DataSource(name=data_cfg.name, num_classes=data_cfg.num_classes, fake=True,
-                      num_train_examples=data_cfg.num_examples_per_epoch or 1024)
+                      num_train_examples=data_cfg.num_examples_per_epoch)
 
 
 @DATASETS.register("shapes")

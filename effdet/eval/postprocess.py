@@ -21,6 +21,7 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 
 import tensorflow as tf
 
+from effdet.config.schema import EvalConfig, default_of
 from effdet.model import box_coder
 
 NMS_METHODS = ("hard", "soft")
@@ -78,8 +79,11 @@ def top_k_pairs(logits: tf.Tensor, k: int) -> Tuple[tf.Tensor, tf.Tensor, tf.Ten
 
 
 def postprocess(class_outputs: Outputs, box_outputs: Outputs, anchors, image_scales, num_classes: int, *,
-                max_detections: int = 100, pre_nms_top_k: int = 5000, score_threshold: float = 0.001,
-                nms: str = "hard", iou_threshold: float = 0.5, soft_nms_sigma: float = 0.5,
+                max_detections: int = default_of(EvalConfig, "max_detections"), pre_nms_top_k: int = 5000,
+                score_threshold: float = default_of(EvalConfig, "score_threshold"),
+                nms: str = default_of(EvalConfig, "nms"),
+                iou_threshold: float = default_of(EvalConfig, "iou_threshold"),
+                soft_nms_sigma: float = default_of(EvalConfig, "soft_nms_sigma"),
                 image_size: Optional[Tuple[int, int]] = None, original_sizes=None) -> Dict[str, tf.Tensor]:
     """The network's outputs → the best `max_detections` detections per image.
 

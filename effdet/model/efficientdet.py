@@ -7,10 +7,15 @@ from typing import List, Sequence, Tuple
 
 import tensorflow as tf
 
+from effdet.config.schema import ModelConfig, default_of
 from effdet.model.bifpn import BiFPNCell, Resample
 from effdet.model.efficientnet import BACKBONES
 from effdet.model.heads import box_head, class_head
 from effdet.model.layers import ACTIVATIONS, NormFactory
+
+
+def _default(key: str):
+    return default_of(ModelConfig, key)
 
 
 def feature_sizes(image_size: Tuple[int, int], max_level: int) -> List[Tuple[int, int]]:
@@ -23,12 +28,20 @@ def feature_sizes(image_size: Tuple[int, int], max_level: int) -> List[Tuple[int
 
 
 class EfficientDet(tf.keras.Model):
-    def __init__(self, name: str, backbone: str, num_classes: int, min_level: int = 3, max_level: int = 7,
-                 fpn_num_filters: int = 64, fpn_cell_repeats: int = 3, box_class_repeats: int = 3,
-                 fpn_weight_method: str = "fastattn", num_anchors: int = 9, act_type: str = "swish",
-                 norm: NormFactory = None, backbone_drop_connect_rate: float = 0.2,
-                 head_survival_prob: float = 1.0, mean_rgb: Sequence[float] = (123.675, 116.28, 103.53),
-                 stddev_rgb: Sequence[float] = (58.395, 57.12, 57.375)):
+    # The defaults are the model config's (ModelConfig in the schema: EfficientDet-D0's), so that a network
+    # built by hand is the one the config would build.
+    def __init__(self, name: str, backbone: str, num_classes: int,
+                 min_level: int = _default("min_level"), max_level: int = _default("max_level"),
+                 fpn_num_filters: int = _default("fpn_num_filters"),
+                 fpn_cell_repeats: int = _default("fpn_cell_repeats"),
+                 box_class_repeats: int = _default("box_class_repeats"),
+                 fpn_weight_method: str = _default("fpn_weight_method"),
+                 num_anchors: int = _default("num_scales") * len(_default("aspect_ratios")),
+                 act_type: str = _default("act_type"), norm: NormFactory = None,
+                 backbone_drop_connect_rate: float = _default("backbone_drop_connect_rate"),
+                 head_survival_prob: float = _default("head_survival_prob"),
+                 mean_rgb: Sequence[float] = _default("mean_rgb"),
+                 stddev_rgb: Sequence[float] = _default("stddev_rgb")):
         super().__init__(name=name)
         norm = norm or NormFactory()
         activation = ACTIVATIONS.get(act_type, where="model.act_type")

@@ -9,6 +9,7 @@ from typing import Callable, Dict, List
 
 import tensorflow as tf
 
+from effdet.config.schema import ModelConfig, default_of
 from effdet.model.layers import ACTIVATIONS, DropConnect, NormFactory, conv_kernel_initializer
 from effdet.registry import Registry
 
@@ -151,8 +152,9 @@ class Stem(tf.keras.layers.Layer):
 class EfficientNet(tf.keras.layers.Layer):
     """Returns the features at strides 2, 4, 8, 16, 32 (levels 1..5): the last block output of each stride."""
 
-    def __init__(self, model_name: str, scaling: Scaling, activation: str = "swish",
-                 norm: NormFactory = None, drop_connect_rate: float = 0.2, **kwargs):
+    def __init__(self, model_name: str, scaling: Scaling, activation: str = default_of(ModelConfig, "act_type"),
+                 norm: NormFactory = None,
+                 drop_connect_rate: float = default_of(ModelConfig, "backbone_drop_connect_rate"), **kwargs):
         super().__init__(name=model_name, **kwargs)
         norm = norm or NormFactory()
         act = ACTIVATIONS.get("relu6" if scaling.lite else activation)
@@ -190,7 +192,8 @@ class EfficientNet(tf.keras.layers.Layer):
 
 def _register(name: str, scaling: Scaling):
     @BACKBONES.register(name)
-    def build(activation: str = "swish", norm: NormFactory = None, drop_connect_rate: float = 0.2):
+    def build(activation: str = default_of(ModelConfig, "act_type"), norm: NormFactory = None,
+              drop_connect_rate: float = default_of(ModelConfig, "backbone_drop_connect_rate")):
         return EfficientNet(name, scaling, activation=activation, norm=norm, drop_connect_rate=drop_connect_rate)
 
     return build

@@ -1,6 +1,7 @@
 """Small building blocks shared by the backbone, the BiFPN and the heads."""
 import tensorflow as tf
 
+from effdet.config.schema import BatchNormConfig, default_of
 from effdet.registry import Registry
 
 ACTIVATIONS = Registry("activation")
@@ -25,12 +26,12 @@ ACTIVATIONS.register("relu6")(tf.nn.relu6)
 
 
 @NORMALIZATIONS.register("batch_norm")
-def keras_batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+def keras_batch_norm(name: str, momentum: float, epsilon: float, **kwargs):
     return tf.keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
 
 
 @NORMALIZATIONS.register("sync_batch_norm")
-def sync_batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+def sync_batch_norm(name: str, momentum: float, epsilon: float, **kwargs):
     """Batch norm whose moments are all-reduced over the Horovod workers (the global batch)."""
     try:
         import horovod.tensorflow as hvd
@@ -45,7 +46,9 @@ def sync_batch_norm(name: str, momentum: float = 0.99, epsilon: float = 1e-3, **
 class NormFactory:
     """Makes batch-norm layers of one configured kind, momentum and epsilon by name."""
 
-    def __init__(self, kind: str = "batch_norm", momentum: float = 0.99, epsilon: float = 1e-3):
+    def __init__(self, kind: str = default_of(BatchNormConfig, "kind"),
+                 momentum: float = default_of(BatchNormConfig, "momentum"),
+                 epsilon: float = default_of(BatchNormConfig, "epsilon")):
         self._make = NORMALIZATIONS.get(kind, where="model.batch_norm")
         self.momentum = momentum
         self.epsilon = epsilon

@@ -9,13 +9,15 @@ from effdet.train.ema import ExponentialMovingAverage
 from effdet.train.losses import DetectionLoss
 from effdet.train.optim import build_optimizer, build_schedule, scaled_learning_rate
 
+# trainer.precision and hardware.precision → Keras dtype policy (the schema's choices for both)
+PRECISION_POLICIES = {"fp32": "float32", "mixed_float16": "mixed_float16", "mixed_bfloat16": "mixed_bfloat16"}
+
 
 def set_precision(precision: str) -> bool:
     """Sets the Keras dtype policy before any layer exists; returns whether the loss must be scaled."""
-    policies = {"fp32": "float32", "mixed_float16": "mixed_float16", "mixed_bfloat16": "mixed_bfloat16"}
-    if precision not in policies:
-        raise ConfigError(f"trainer.precision={precision}: choose one of {', '.join(policies)}")
-    tf.keras.mixed_precision.set_global_policy(policies[precision])
+    if precision not in PRECISION_POLICIES:
+        raise ConfigError(f"trainer.precision={precision}: choose one of {', '.join(PRECISION_POLICIES)}")
+    tf.keras.mixed_precision.set_global_policy(PRECISION_POLICIES[precision])
     return precision == "mixed_float16"
 
 

@@ -4,6 +4,7 @@ from typing import Iterator, List, Optional, Sequence
 
 import tensorflow as tf
 
+from effdet.config.schema import TrainerConfig, default_of
 from effdet.errors import ConfigError
 
 
@@ -30,7 +31,8 @@ class ExponentialMovingAverage(tf.Module):
 
     _TF_MODULE_IGNORED_PROPERTIES = tf.Module._TF_MODULE_IGNORED_PROPERTIES.union(("_sources", "_backup"))
 
-    def __init__(self, variables: Sequence[tf.Variable], decay: float = 0.9998, warmup: bool = True,
+    def __init__(self, variables: Sequence[tf.Variable], decay: float = default_of(TrainerConfig, "ema_decay"),
+                 warmup: bool = True,
                  name: Optional[str] = "ema"):
         super().__init__(name=name)
         if not 0.0 <= decay <= 1.0:

@@ -3,12 +3,16 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
+from effdet.config.schema import LossConfig, default_of
 from effdet.data.targets import IGNORE, flatten_levels
 from effdet.model import box_coder
 from effdet.train.distributed import Workers
 
+# trainer.loss's defaults (LossConfig in the schema)
+ALPHA, GAMMA, LABEL_SMOOTHING = (default_of(LossConfig, key) for key in ("alpha", "gamma", "label_smoothing"))
 
-def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5, label_smoothing: float = 0.0):
+
+def focal_loss(logits, targets, alpha: float = ALPHA, gamma: float = GAMMA, label_smoothing: float = LABEL_SMOOTHING):
     """Per-element sigmoid focal loss (Lin et al., 2017). logits and one-hot targets: [..., num_classes]."""
     weight, cross_entropy, _ = _focal_parts(logits, tf.cast(targets, logits.dtype), alpha, gamma, label_smoothing)
     return weight * cross_entropy
@@ -25,8 +29,8 @@ class FocalLossSum:
     differentiated: TensorFlow's gradient of a compiled call is mis-wired when oneDNN is on.)
     """
 
-    def __init__(self, num_classes: int, alpha: float = 0.25, gamma: float = 1.5, label_smoothing: float = 0.0,
-                 jit_compile: bool = False):
+    def __init__(self, num_classes: int, alpha: float = ALPHA, gamma: float = GAMMA,
+                 label_smoothing: float = LABEL_SMOOTHING, jit_compile: bool = default_of(LossConfig, "jit_compile")):
         self.num_classes = num_classes
         self.alpha, self.gamma, self.label_smoothing = alpha, gamma, label_smoothing
         compile_ = (lambda f: tf.function(f, jit_compile=True, autograph=False)) if jit_compile else (lambda f: f)
@@ -84,7 +88,7 @@ def _power(q, gamma: float):
     return tf.pow(q, gamma)
 
 
-def huber_box_loss(box_outputs, box_targets, positive_mask, delta: float = 0.1):
+def huber_box_loss(box_outputs, box_targets, positive_mask, delta: float = default_of(LossConfig, "delta")):
     """Summed Huber loss over the coordinates of positive anchors. [B, N, 4], mask [B, N]."""
     error = tf.abs(box_outputs - box_targets)
     quadratic = tf.minimum(error, delta)
@@ -131,10 +135,13 @@ class DetectionLoss:
     `workers`), plus one, so that every worker's gradient has the same scale.
     """
 
-    def __init__(self, num_classes: int, min_level: int, max_level: int, anchors=None, alpha: float = 0.25,
-                 gamma: float = 1.5, label_smoothing: float = 0.0, delta: float = 0.1,
-                 box_loss_weight: float = 50.0, iou_loss_type: Optional[str] = None, iou_loss_weight: float = 1.0,
-                 workers: Optional[Workers] = None, jit_compile: bool = False):
+    def __init__(self, num_classes: int, min_level: int, max_level: int, anchors=None, alpha: float = ALPHA,
+                 gamma: float = GAMMA, label_smoothing: float = LABEL_SMOOTHING,
+                 delta: float = default_of(LossConfig, "delta"),
+                 box_loss_weight: float = default_of(LossConfig, "box_loss_weight"),
+                 iou_loss_type: Optional[str] = default_of(LossConfig, "iou_loss_type"),
+                 iou_loss_weight: float = default_of(LossConfig, "iou_loss_weight"), workers: Optional[Workers] = None,
+                 jit_compile: bool = default_of(LossConfig, "jit_compile")):
         self.num_classes = num_classes
         self.min_level, self.max_level = min_level, max_level
         self.anchors = anchors

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from effdet.config.schema import OptimizerConfig, default_of
 from effdet.errors import ConfigError
 from effdet.registry import Registry
 
@@ -136,15 +137,16 @@ class PolynomialSchedule(_WarmupSchedule):
 
 
 @OPTIMIZERS.register("sgd")
-def sgd(learning_rate, momentum: float = 0.9, nesterov: bool = False, jit_compile: bool = True):
+def sgd(learning_rate, momentum: float = default_of(OptimizerConfig, "momentum"), nesterov: bool = False,
+        jit_compile: bool = True):
     """SGD with (heavy-ball, or Nesterov) momentum, as automl trains EfficientDet."""
     return tf.keras.optimizers.SGD(learning_rate=learning_rate, momentum=float(momentum),
                                    nesterov=bool(nesterov), jit_compile=jit_compile)
 
 
 @OPTIMIZERS.register("adam")
-def adam(learning_rate, beta_1: float = 0.9, beta_2: float = 0.999, epsilon: float = 1e-7,
-         jit_compile: bool = True):
+def adam(learning_rate, beta_1: float = default_of(OptimizerConfig, "momentum"), beta_2: float = 0.999,
+         epsilon: float = 1e-7, jit_compile: bool = True):
     """Adam with Keras's defaults (epsilon 1e-7), as automl's `optimizer=adam`."""
     return tf.keras.optimizers.Adam(learning_rate=learning_rate, beta_1=float(beta_1),
                                     beta_2=float(beta_2), epsilon=float(epsilon), jit_compile=jit_compile)

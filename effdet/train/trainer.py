@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from effdet.config.schema import TrainerConfig, default_of
 from effdet.data.reader import (CorruptDataError, CorruptRecords, describe_counts, merge_counts, over_threshold,
                                 stop_reason)
 from effdet.errors import DataError, EffdetError
@@ -25,19 +26,21 @@ class NonFiniteLossError(EffdetError):
 
 @dataclass
 class TrainSettings:
+    """What the loop needs of the trainer config; a default is TrainerConfig's (the schema's)."""
+
     total_steps: int
     steps_per_epoch: int
     batch_size: int  # per worker
-    clip_gradient_norm: float = 10.0
-    weight_decay: float = 4e-5
-    steps_per_loop: int = 1
-    checkpoint_every_n_steps: int = 1000
-    keep_checkpoint_max: int = 5
-    log_every_n_steps: int = 100
-    on_nonfinite: str = "stop"  # stop | skip
-    xla: bool = False
-    loss_scaling: bool = False  # float16: the optimizer is a LossScaleOptimizer
-    progress_bar: bool = True
+    xla: bool  # the schema's default is the device's (hardware.xla)
+    loss_scaling: bool  # float16: the optimizer is a LossScaleOptimizer
+    clip_gradient_norm: float = default_of(TrainerConfig, "clip_gradient_norm")
+    weight_decay: float = default_of(TrainerConfig, "weight_decay")
+    steps_per_loop: int = default_of(TrainerConfig, "steps_per_loop")
+    checkpoint_every_n_steps: int = default_of(TrainerConfig, "checkpoint_every_n_steps")
+    keep_checkpoint_max: int = default_of(TrainerConfig, "keep_checkpoint_max")
+    log_every_n_steps: int = default_of(TrainerConfig, "log_every_n_steps")
+    on_nonfinite: str = default_of(TrainerConfig, "on_nonfinite")
+    progress_bar: bool = default_of(TrainerConfig, "progress_bar")
 
 
 class Trainer:

@@ -1,5 +1,4 @@
 """Every config-group option composes, is typed, and reaches the builder with the right values."""
-import os
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -7,7 +6,7 @@ from omegaconf.errors import ValidationError
 
 from effdet.config import validate
 from effdet.errors import ConfigError
-from tests.conftest import CONF_DIR, compose, model_variants
+from tests.conftest import compose, group_options, model_variants
 
 
 @pytest.mark.parametrize("variant", model_variants())
@@ -20,7 +19,7 @@ def test_every_model_variant_composes_and_validates(variant):
 
 @pytest.mark.parametrize("group", ["data", "hardware", "trainer", "mode"])
 def test_every_option_of_every_group_composes(group):
-    for option in sorted(name[:-5] for name in os.listdir(os.path.join(CONF_DIR, group))):
+    for option in group_options(group):
         validate(compose([f"{group}={option}"]))
 
 
@@ -59,7 +58,7 @@ def test_validate_names_the_bad_key(override, key):
         validate(compose([override]))
 
 
-@pytest.mark.parametrize("preset", sorted(name[:-5] for name in os.listdir(os.path.join(CONF_DIR, "experiment"))))
+@pytest.mark.parametrize("preset", group_options("experiment"))
 def test_every_experiment_preset_composes_and_validates(preset):
     cfg = compose([f"+experiment={preset}"])
     validate(cfg)
@@ -71,5 +70,6 @@ def test_every_experiment_preset_composes_and_validates(preset):
             cfg.trainer.precision) == expected[preset]
     if preset.startswith("d0_coco"):
         assert cfg.trainer.num_epochs == 300 and cfg.mode == "train_and_eval"
+        assert compose([f"+experiment={preset}", "mode=eval"]).mode == "eval"  # the preset picks a mode, not forces it
     # a command-line override still wins over the preset
     assert compose([f"+experiment={preset}", "trainer.batch_size=2"]).trainer.batch_size == 2

@@ -42,7 +42,7 @@ def main(out_dir):
     mine = tf.nest.map_structure(lambda t: t[part], targets)
     model = tiny(NormFactory("sync_batch_norm"))
     workers.broadcast(model.variables)
-    loss_fn = DetectionLoss(3, 3, 5, workers=workers)
+    loss_fn = DetectionLoss(3, 3, 5, workers=workers, jit_compile=False)
     _, grads = gradients(model, images[part], mine, loss_fn)
     averaged = workers.average_gradients(grads)
     optimizer = tf.keras.optimizers.SGD(0.1)

@@ -119,9 +119,10 @@ class TwinWorkers:
 def test_each_worker_loss_is_normalized_by_the_global_batch_with_one_collective():
     class_outputs, box_outputs, targets = labeled_batch(seed=4)
     twins = TwinWorkers()
-    mine = DetectionLoss(NUM_CLASSES, 3, 5, workers=twins)((class_outputs, box_outputs), targets)
+    mine = DetectionLoss(NUM_CLASSES, 3, 5, workers=twins, jit_compile=False)((class_outputs, box_outputs), targets)
     doubled = [tf.concat([t, t], 0) for t in class_outputs], [tf.concat([t, t], 0) for t in box_outputs]
-    global_batch = DetectionLoss(NUM_CLASSES, 3, 5)(doubled, {k: tf.concat([v, v], 0) for k, v in targets.items()})
+    global_batch = DetectionLoss(NUM_CLASSES, 3, 5, jit_compile=False)(
+        doubled, {k: tf.concat([v, v], 0) for k, v in targets.items()})
     # averaged over the two workers (as their gradients are), the loss is the one of the global batch
     for key in ("class_loss", "box_loss", "det_loss"):
         np.testing.assert_allclose(float(mine[key]), float(global_batch[key]), rtol=1e-5, err_msg=key)

@@ -67,7 +67,8 @@ def make_trainer(tmp_path, total_steps=20, lr=0.005, on_nonfinite="stop", seed=0
     settings = TrainSettings(total_steps=total_steps, steps_per_epoch=10, batch_size=2, log_every_n_steps=5,
                              checkpoint_every_n_steps=checkpoint_every, on_nonfinite=on_nonfinite,
                              progress_bar=False, steps_per_loop=steps_per_loop, loss_scaling=loss_scaling, xla=xla)
-    trainer = Trainer(model, loss_fn or DetectionLoss(3, 3, 5), optimizer, ema, workers or Workers(), str(tmp_path),
+    loss_fn = loss_fn or DetectionLoss(3, 3, 5, jit_compile=False)
+    trainer = Trainer(model, loss_fn, optimizer, ema, workers or Workers(), str(tmp_path),
                       settings, learning_rate=schedule, corrupt=corrupt)
     trainer.restore_or_start()
     data = FakeInput(labeler, 3, seed=seed)
