@@ -11,7 +11,7 @@ The contract (every method is optional):
 - `after_fit(trainer, outcome)`: once, `outcome` being "done" (total_steps reached), "stopped" (a stop request)
   or "failed" (an error is on its way up: release what you hold, start nothing long).
 - `paused_seconds`: wall time the hook spent on work that is not training (evaluation), left out of the
-  trainer's images/second.
+  trainer's images per second.
 
 `build_hooks` assembles the usual set in the order they must run in.
 """
