@@ -4,8 +4,8 @@ from typing import Dict, Optional
 import tensorflow as tf
 
 from effdet.data.targets import IGNORE, flatten_levels
+from effdet.hardware.workers import Workers
 from effdet.model import box_coder
-from effdet.train.distributed import Workers
 
 
 def focal_loss(logits, targets, alpha: float = 0.25, gamma: float = 1.5, label_smoothing: float = 0.0):

@@ -15,7 +15,7 @@ import tensorflow as tf
 from effdet.data.reader import (CorruptDataError, CorruptRecords, describe_counts, merge_counts, over_threshold,
                                 stop_reason)
 from effdet.errors import DataError, EffdetError
-from effdet.train.distributed import Workers
+from effdet.hardware.workers import Workers
 from effdet.train.losses import weight_decay
 
 log = logging.getLogger(__name__)
