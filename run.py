@@ -67,7 +67,7 @@ def main(cfg: DictConfig):
 def run_worker(cfg: DictConfig, run_dir: str):
     """This process is a worker (or the only one): its device, then the mode, in rank 0's run dir."""
     from effdet.modes import MODES
-    from effdet.train.distributed import init_workers
+    from effdet.hardware.workers import init_workers
 
     setup_hardware(cfg.hardware)
     run_mode = MODES.get(cfg.mode, where="mode")

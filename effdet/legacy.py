@@ -17,7 +17,6 @@ from effdet.errors import ConfigError, closest
 from effdet.hardware.launch import RUN_PY
 
 
-
 def _same(key: str) -> Callable[[str], List[str]]:
     return lambda value: [f"{key}={value}"]
 

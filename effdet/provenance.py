@@ -13,14 +13,13 @@ from typing import Any, Dict, List, Optional
 
 from omegaconf import OmegaConf
 
+from effdet.artifacts import HYDRA_DIR, RUN_INFO, TRAINING_CONFIG
 from effdet.errors import ConfigError
 from effdet.hardware.launch import RUN_PY
 
 log = logging.getLogger(__name__)
 
 REPO = os.path.dirname(RUN_PY)
-RUN_INFO = "run_info.json"
-TRAINING_CONFIG = "training_config.yaml"  # the config the run dir's checkpoints were trained with (resolved)
 PACKAGES = ("tensorflow", "tensorflow-cpu", "horovod", "hydra-core", "omegaconf", "numpy", "pycocotools")
 # Keys whose change makes the checkpoints of a run dir unusable: another architecture or another class head.
 RESUME_BREAKING = ("model.name", "model.backbone", "model.min_level", "model.max_level", "model.fpn_num_filters",
@@ -55,7 +54,7 @@ def versions() -> Dict[str, str]:
 
 
 def run_info(run_dir: str, argv: List[str], overrides: List[str]) -> Dict[str, Any]:
-    hydra_dir = os.path.join(os.path.abspath(run_dir), ".hydra")
+    hydra_dir = os.path.join(os.path.abspath(run_dir), HYDRA_DIR)
     return {
         "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "host": socket.gethostname(),

@@ -17,12 +17,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from effdet.artifacts import METRICS, SWEEP_SUMMARY, TRAIN_SUMMARY
 from effdet.errors import ConfigError
 
-SUMMARY_FILE = "summary.csv"
 COLUMNS = ("job", "overrides", "status", "AP", "AP50", "train_seconds", "images_per_second", "step", "error",
            "output_dir")
-TRAIN_SUMMARY = "train_summary.json"  # the last training of a run dir: step, seconds, images/s (modes/train.py)
 
 
 def job_row(number: int, overrides: List[str], output_dir: str,
@@ -33,7 +32,7 @@ def job_row(number: int, overrides: List[str], output_dir: str,
                status="failed" if error is not None else "completed")
     if error is not None:
         row["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-    metrics = last_metrics(os.path.join(output_dir, "metrics.jsonl"))
+    metrics = last_metrics(os.path.join(output_dir, METRICS))
     if metrics:
         row.update(AP=round(metrics["AP"], 6), AP50=round(metrics["AP50"], 6), step=metrics["step"])
     train_path = os.path.join(output_dir, TRAIN_SUMMARY)
@@ -93,9 +92,9 @@ class FailedJob:
 
 def objective(output_dir: str, metric: str) -> float:
     """The job's result for an optimising sweeper: `metric` of the last evaluation in its run dir."""
-    metrics = last_metrics(os.path.join(output_dir, "metrics.jsonl"))
+    metrics = last_metrics(os.path.join(output_dir, METRICS))
     if metrics is None:
-        raise ConfigError(f"optimized_metric={metric}: the job evaluated nothing (no metrics.jsonl in {output_dir}); "
+        raise ConfigError(f"optimized_metric={metric}: the job evaluated nothing (no {METRICS} in {output_dir}); "
                           "a mode that evaluates (train with trainer.eval_after_training, train_and_eval) is needed")
     return float(metrics[metric])
 
@@ -116,12 +115,12 @@ class SweepSummary(Callback):
         row = job_row(int(config.hydra.job.num), list(job_return.overrides or []),
                       config.hydra.runtime.output_dir, error)
         self.rows.append(row)
-        write_summary(self.rows, os.path.join(config.hydra.sweep.dir, SUMMARY_FILE))
+        write_summary(self.rows, os.path.join(config.hydra.sweep.dir, SWEEP_SUMMARY))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.rows:
             return
-        path = os.path.join(config.hydra.sweep.dir, SUMMARY_FILE)
+        path = os.path.join(config.hydra.sweep.dir, SWEEP_SUMMARY)
         failed = sum(row["status"] == "failed" for row in self.rows)
         print(f"\nsweep of {len(self.rows)} jobs ({failed} failed), best AP first; {path}\n{format_table(self.rows)}",
               flush=True)

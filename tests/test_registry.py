@@ -80,7 +80,7 @@ def test_every_hardware_backend_has_a_config_file_and_the_cpu_one_sets_up():
     assert HARDWARE.names() == files == ["cpu", "gpu", "hls1", "hls1h"]
     for name in files:
         assert compose([f"hardware={name}"]).hardware.name == name
-    assert HARDWARE.get("cpu")(compose().hardware).device == "cpu"  # gpu and hls*: tests/hardware
+    assert HARDWARE.get("cpu")().setup(compose().hardware).device == "cpu"  # gpu and hls*: tests/hardware
 
 
 def test_every_mode_is_registered_with_a_config_file():

@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
+from effdet.artifacts import AP_OVER_STEPS, METRICS, PER_CLASS_AP, STEP_DETECTIONS, STEP_METRICS, TENSORBOARD, \
+    eval_step_dir
 from effdet.data.builder import build_input
 from effdet.data.pipeline import Shard
 from effdet.data.reader import CorruptDataError, CorruptRecords, describe_counts, distinct_corrupt, merge_counts, \
@@ -16,7 +18,7 @@ from effdet.data.targets import AnchorLabeler
 from effdet.eval.coco_metrics import CocoEvaluator, detections_to_coco_rows, image_id_of
 from effdet.eval.engines import ENGINES
 from effdet.eval.postprocess import postprocess
-from effdet.train.distributed import Workers
+from effdet.hardware.workers import Workers
 
 log = logging.getLogger(__name__)
 RECORDED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -132,23 +134,23 @@ def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabe
     # Every worker evaluates rank 0's model, the one its checkpoints hold: with plain batch norm each worker's
     # moving statistics followed its own batches.
     workers.broadcast(model.variables)
-    details_dir = os.path.join(run_dir, "eval", f"step_{step}")
+    details_dir = eval_step_dir(run_dir, step)
     if workers.is_chief:
         os.makedirs(details_dir, exist_ok=True)
     result = evaluate(model, source, labeler, cfg.data, cfg.eval,
-                      detections_path=os.path.join(details_dir, "detections.json"), workers=workers)
+                      detections_path=os.path.join(details_dir, STEP_DETECTIONS), workers=workers)
     if workers.is_chief:
         metrics = result["metrics"]
         record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}
-        with open(os.path.join(details_dir, "metrics.json"), "w") as handle:
+        with open(os.path.join(details_dir, STEP_METRICS), "w") as handle:
             json.dump({"step": step, "num_images": result["num_images"],
                        "corrupt_records": result["corrupt_records"], **metrics}, handle, indent=1)
-        write_per_class_ap(result["per_class_ap"], os.path.join(details_dir, "per_class_ap.csv"))
-        metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        write_per_class_ap(result["per_class_ap"], os.path.join(details_dir, PER_CLASS_AP))
+        metrics_path = os.path.join(run_dir, METRICS)
         with open(metrics_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
-        plot_ap_over_steps(read_metrics(metrics_path), os.path.join(run_dir, "ap_over_steps.png"))
-        with tf.summary.create_file_writer(os.path.join(run_dir, "tensorboard")).as_default(step=step):
+        plot_ap_over_steps(read_metrics(metrics_path), os.path.join(run_dir, AP_OVER_STEPS))
+        with tf.summary.create_file_writer(os.path.join(run_dir, TENSORBOARD)).as_default(step=step):
             for key, value in record.items():
                 if key != "step":
                     tf.summary.scalar(f"eval/{key}", value)

@@ -14,10 +14,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Sequence, Tuple
 
+from effdet.artifacts import HCL_CONFIG
 from effdet.errors import ConfigError
-from effdet.hardware.cpu import DeviceSetup, apply_threads
+from effdet.hardware.device import DeviceSetup, apply_threads
 from effdet.hardware.ranks import local_rank_from_env
-from effdet.hardware.registry import HARDWARE
+from effdet.hardware.registry import HARDWARE, Backend
 
 log = logging.getLogger(__name__)
 
@@ -78,23 +79,6 @@ def host_ip(host: str) -> str:
         raise ConfigError(f"hardware.hosts: cannot resolve host '{host}' to an IP address ({error})") from None
 
 
-def hcl_setup_for_launch(hardware_cfg: Any, hosts: List[Tuple[str, int]], run_dir: str, env: Dict[str, str],
-                         files: Dict[str, str]) -> Dict[str, str]:
-    """The variables a Gaudi launch sets for its workers; adds the HCL config file to `files` when one is needed.
-    An HCL_CONFIG_PATH already exported is used as it is; with the HCCL API (hardware.hccl) no file is needed."""
-    server = server_of(hardware_cfg.name)
-    for host, slots in hosts:
-        if slots > server.cards:
-            raise ConfigError(f"hardware={hardware_cfg.name}: {slots} workers on {host}, but an {server.hcl_type} "
-                              f"server has {server.cards} cards")
-    if hardware_cfg.hccl or env.get("HCL_CONFIG_PATH"):
-        return {}
-    rank_ips = [host_ip(host) for host, slots in hosts for _ in range(slots)]  # mpirun fills hosts in order
-    path = os.path.join(run_dir, "hcl_config.json")
-    files[path] = json.dumps(hcl_config(hardware_cfg.name, rank_ips, hardware_cfg.hcl_port), indent=2) + "\n"
-    return {"HCL_CONFIG_PATH": path}
-
-
 def require_habana(name: str) -> None:
     """Stops a Gaudi job before any work when Habana's bridge is not installed."""
     try:
@@ -108,25 +92,48 @@ def require_habana(name: str) -> None:
 
 @HARDWARE.register("hls1")
 @HARDWARE.register("hls1h")
-def setup_gaudi(hardware_cfg: Any) -> DeviceSetup:
-    """Binds this worker to its card, joins the workers (Horovod), describes them to HCL, loads Habana's bridge."""
-    require_habana(hardware_cfg.name)
-    from effdet.train.distributed import init_workers
+class Gaudi(Backend):
+    def check(self, hardware_cfg: Any) -> None:
+        """Habana's bridge, which a dry run does not need: it only prints the launch."""
+        if not hardware_cfg.dry_run:
+            require_habana(hardware_cfg.name)
 
-    local_rank = local_rank_from_env()
-    os.environ.setdefault("HLS1_MODULE_ID", str(module_id(hardware_cfg.name, local_rank)))
-    workers = init_workers()
-    if not hardware_cfg.hccl and not os.environ.get("HCL_CONFIG_PATH"):
-        # started by an outside mpirun (an MPIJob): the ranks tell each other where they run
-        rank_ips = workers.gather(host_ip(socket.gethostname()))
-        handle, path = tempfile.mkstemp(prefix="hcl_config_", suffix=".json")
-        with os.fdopen(handle, "w") as out:
-            json.dump(hcl_config(hardware_cfg.name, rank_ips, hardware_cfg.hcl_port), out)
-        os.environ["HCL_CONFIG_PATH"] = path
-    from habana_frameworks.tensorflow import load_habana_module
+    def setup(self, hardware_cfg: Any) -> DeviceSetup:
+        """Binds this worker to its card, joins the workers (Horovod), describes them to HCL, loads Habana's
+        bridge."""
+        require_habana(hardware_cfg.name)
+        from effdet.hardware.workers import init_workers  # loads TensorFlow: not before a worker starts
 
-    load_habana_module()
-    setup = apply_threads(hardware_cfg, f"hpu:{os.environ['HLS1_MODULE_ID']}")
-    log.info("gaudi %s: rank %d of %d on module %s, HCL config %s", hardware_cfg.name, workers.rank, workers.size,
-             os.environ["HLS1_MODULE_ID"], os.environ.get("HCL_CONFIG_PATH", "none (HCCL)"))
-    return setup
+        local_rank = local_rank_from_env()
+        os.environ.setdefault("HLS1_MODULE_ID", str(module_id(hardware_cfg.name, local_rank)))
+        workers = init_workers()
+        if not hardware_cfg.hccl and not os.environ.get("HCL_CONFIG_PATH"):
+            # started by an outside mpirun (an MPIJob): the ranks tell each other where they run
+            rank_ips = workers.gather(host_ip(socket.gethostname()))
+            handle, path = tempfile.mkstemp(prefix="hcl_config_", suffix=".json")
+            with os.fdopen(handle, "w") as out:
+                json.dump(hcl_config(hardware_cfg.name, rank_ips, hardware_cfg.hcl_port), out)
+            os.environ["HCL_CONFIG_PATH"] = path
+        from habana_frameworks.tensorflow import load_habana_module
+
+        load_habana_module()
+        setup = apply_threads(hardware_cfg, f"hpu:{os.environ['HLS1_MODULE_ID']}")
+        log.info("gaudi %s: rank %d of %d on module %s, HCL config %s", hardware_cfg.name, workers.rank,
+                 workers.size, os.environ["HLS1_MODULE_ID"], os.environ.get("HCL_CONFIG_PATH", "none (HCCL)"))
+        return setup
+
+    def launch_environment(self, hardware_cfg: Any, hosts: List[Tuple[str, int]], run_dir: str,
+                           env: Dict[str, str], files: Dict[str, str]) -> Dict[str, str]:
+        """HCL_CONFIG_PATH, and the HCL config file it names. An HCL_CONFIG_PATH already exported is used as it
+        is; with the HCCL API (hardware.hccl) no file is needed."""
+        server = server_of(hardware_cfg.name)
+        for host, slots in hosts:
+            if slots > server.cards:
+                raise ConfigError(f"hardware={hardware_cfg.name}: {slots} workers on {host}, but an "
+                                  f"{server.hcl_type} server has {server.cards} cards")
+        if hardware_cfg.hccl or env.get("HCL_CONFIG_PATH"):
+            return {}
+        rank_ips = [host_ip(host) for host, slots in hosts for _ in range(slots)]  # mpirun fills hosts in order
+        path = os.path.join(run_dir, HCL_CONFIG)
+        files[path] = json.dumps(hcl_config(hardware_cfg.name, rank_ips, hardware_cfg.hcl_port), indent=2) + "\n"
+        return {"HCL_CONFIG_PATH": path}

@@ -4,9 +4,9 @@ import logging
 from typing import Any, List
 
 from effdet.errors import ConfigError
-from effdet.hardware.cpu import DeviceSetup, apply_threads
+from effdet.hardware.device import DeviceSetup, apply_threads
 from effdet.hardware.ranks import local_rank_from_env
-from effdet.hardware.registry import HARDWARE
+from effdet.hardware.registry import HARDWARE, Backend
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +24,17 @@ def gpu_for(local_rank: int, gpus: List[Any]) -> Any:
 
 
 @HARDWARE.register("gpu")
-def setup_gpu(hardware_cfg: Any, config: Any = None) -> DeviceSetup:
-    """`config` is tf.config (a stand-in in tests: no GPU here)."""
-    if config is None:
-        import tensorflow as tf
+class Gpu(Backend):
+    def setup(self, hardware_cfg: Any, config: Any = None) -> DeviceSetup:
+        """`config` is tf.config (a stand-in in tests: no GPU here)."""
+        if config is None:
+            import tensorflow as tf
 
-        config = tf.config
-    local_rank = local_rank_from_env()
-    gpu = gpu_for(local_rank, config.list_physical_devices("GPU"))
-    config.set_visible_devices([gpu], "GPU")
-    config.experimental.set_memory_growth(gpu, True)
-    setup = apply_threads(hardware_cfg, f"gpu:{local_rank}")
-    log.info("gpu: local rank %d on %s (memory growth on)", local_rank, getattr(gpu, "name", gpu))
-    return setup
+            config = tf.config
+        local_rank = local_rank_from_env()
+        gpu = gpu_for(local_rank, config.list_physical_devices("GPU"))
+        config.set_visible_devices([gpu], "GPU")
+        config.experimental.set_memory_growth(gpu, True)
+        setup = apply_threads(hardware_cfg, f"gpu:{local_rank}")
+        log.info("gpu: local rank %d on %s (memory growth on)", local_rank, getattr(gpu, "name", gpu))
+        return setup

@@ -15,7 +15,7 @@ CYCLE_TIME = "HOROVOD_CYCLE_TIME"
 def horovod_variables(hardware_cfg: Any, env: Mapping[str, str]) -> Dict[str, str]:
     """The HOROVOD_* variables this backend sets for its workers, leaving out those `env` sets already."""
     chosen = {}
-    cycle_ms = hardware_cfg.get("horovod_cycle_time_ms")
+    cycle_ms = hardware_cfg.horovod_cycle_time_ms
     if cycle_ms is not None and CYCLE_TIME not in env:
         chosen[CYCLE_TIME] = f"{cycle_ms:g}"
     return chosen

@@ -12,9 +12,11 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from effdet.artifacts import HOSTFILE
 from effdet.errors import ConfigError, EffdetError
 from effdet.hardware.horovod_tuning import horovod_variables
 from effdet.hardware.ranks import launched_as_worker, rank_from_env, size_from_env
+from effdet.hardware.registry import backend_of
 
 RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "run.py")
 MULTI_WORKER_MODES = ("train", "train_and_eval", "eval")
@@ -104,15 +106,12 @@ def plan_launch(hardware_cfg: Any, run_dir: str, overrides: Sequence[str], pytho
     count = sum(slots for _, slots in hosts)
     command = worker_command(run_dir, overrides, python)
     launch = Launch(command=[], num_workers=count)
-    from effdet.hardware.gaudi import SERVERS, hcl_setup_for_launch
-
-    if hardware_cfg.name in SERVERS:
-        launch.env.update(hcl_setup_for_launch(hardware_cfg, hosts, run_dir, env, launch.files))
+    launch.env.update(backend_of(hardware_cfg).launch_environment(hardware_cfg, hosts, run_dir, env, launch.files))
     launch.env.update(horovod_variables(hardware_cfg, env))  # the workers set them too; here a dry run shows them
     if hardware_cfg.launcher == "mpirun":
         cores = physical_cores or count_physical_cores()
         per_worker = hardware_cfg.cores_per_worker or max(1, cores // max(slots for _, slots in hosts))
-        hostfile = os.path.join(run_dir, "hostfile")
+        hostfile = os.path.join(run_dir, HOSTFILE)
         launch.files[hostfile] = "".join(f"{name} slots={slots}\n" for name, slots in hosts)
         forwarded = sorted({*launch.env, *(name for name in env if name in FORWARDED or name.startswith("HOROVOD_"))})
         launch.command = (["mpirun"] + (["--allow-run-as-root"] if _is_root() else [])

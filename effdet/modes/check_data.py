@@ -7,6 +7,7 @@ from typing import Any, Dict
 
 import numpy as np
 
+from effdet.artifacts import DATA_REPORT_JSON, DATA_REPORT_PNG
 from effdet.data.builder import build_labeler
 from effdet.data.check import (SIZE_BUCKETS, anchor_sizes, coverage, default_image_sizes, duplicates, scan_split,
                                suggestions, val_consistency)
@@ -17,7 +18,6 @@ from effdet.errors import DataError
 from effdet.modes.registry import MODES
 
 log = logging.getLogger(__name__)
-REPORT_JSON, REPORT_PNG = "data_report.json", "data_report.png"
 
 
 class DataCheckFailed(DataError):
@@ -76,13 +76,13 @@ def check_data(cfg: Any, run_dir: str) -> Dict[str, Any]:
                                   "(identical bytes): the val AP of a model trained on them is optimistic")
 
     log.info("the data check of %s:\n%s", source.name, format_report(report))
-    with open(os.path.join(run_dir, REPORT_JSON), "w") as handle:
+    with open(os.path.join(run_dir, DATA_REPORT_JSON), "w") as handle:
         json.dump(report, handle, indent=1, default=_plain)
     draw_report({name: scan.input_boxes() for name, scan in scans.items()}, report, labeler,
-                os.path.join(run_dir, REPORT_PNG))
+                os.path.join(run_dir, DATA_REPORT_PNG))
     if report["errors"]:
         raise DataCheckFailed(f"the data check found {len(report['errors'])} error(s): "
-                              + "; ".join(report["errors"]) + f" (report: {os.path.join(run_dir, REPORT_JSON)})")
+                              + "; ".join(report["errors"]) + f" (report: {os.path.join(run_dir, DATA_REPORT_JSON)})")
     return report
 
 

@@ -8,14 +8,15 @@ from typing import Any, Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
+from effdet.artifacts import LABELS, SAVED_MODEL, TFLITE, TFLITE_ANCHORS_SUFFIX
 from effdet.data.builder import build_labeler
 from effdet.data.pipeline import prepare_images
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
 from effdet.eval.engines import tflite_model
 from effdet.eval.postprocess import postprocess
-from effdet.model.builder import build_model, image_size_of
-from effdet.modes.evaluation import checkpoint_of, restore_for_evaluation
+from effdet.model.builder import image_size_of
+from effdet.model.detector import build_detector
 from effdet.modes.registry import MODES
 
 log = logging.getLogger(__name__)
@@ -56,19 +57,17 @@ def export(cfg: Any, run_dir: str) -> Dict[str, Any]:
     export_cfg = cfg.export
     if not export_cfg.ckpt:
         raise ConfigError("mode=export needs export.ckpt: a checkpoint, a directory of checkpoints or a run dir")
-    prefix = checkpoint_of(export_cfg.ckpt, key="export.ckpt")
+    model, prefix, step = build_detector(cfg, export_cfg.ckpt, export_cfg.use_ema, key="export.ckpt")
     if cfg.eval.padding != "square":
         log.warning("eval.padding=%s is for mode=eval and mode=infer: the SavedModel and the TFLite model take "
                     "the square input (%s), whose network and anchors are fixed in them", cfg.eval.padding,
                     "x".join(map(str, image_size_of(cfg.model))))
     source = build_source(cfg.data)
     labeler = build_labeler(cfg.model)
-    model = build_model(cfg.model, source.num_classes)
-    step = restore_for_evaluation(model, prefix, use_ema=export_cfg.use_ema)
     detector = Detector(model, labeler.anchors, source.num_classes, image_size_of(cfg.model), cfg.eval)
-    output_dir = export_cfg.output_dir or os.path.join(run_dir, "saved_model")
+    output_dir = export_cfg.output_dir or os.path.join(run_dir, SAVED_MODEL)
     tf.saved_model.save(detector, output_dir, signatures={"serving_default": detector.serve})
-    with open(os.path.join(output_dir, "labels.json"), "w") as handle:  # class id → name, for the model's users
+    with open(os.path.join(output_dir, LABELS), "w") as handle:  # class id → name, for the model's users
         json.dump({str(i): source.class_name(i) for i in range(1, source.num_classes + 1)}, handle, indent=1)
     log.info("SavedModel of %s (step %d, %s weights) in %s", prefix, step, "EMA" if export_cfg.use_ema else "raw",
              output_dir)
@@ -76,11 +75,11 @@ def export(cfg: Any, run_dir: str) -> Dict[str, Any]:
           "classes, num_detections)")
     result = {"saved_model": output_dir, "step": step}
     if export_cfg.tflite:
-        tflite_path = os.path.join(os.path.dirname(output_dir.rstrip("/")), "model.tflite")
+        tflite_path = os.path.join(os.path.dirname(output_dir.rstrip("/")), TFLITE)
         result["tflite"] = export_tflite(model, source.num_classes, image_size_of(cfg.model), labeler.anchors,
                                          tflite_path)
         print(f"TFLite (float32 network, XNNPACK-ready): {result['tflite']} (anchors: "
-              f"{os.path.splitext(tflite_path)[0]}.anchors.npy)")
+              f"{os.path.splitext(tflite_path)[0]}{TFLITE_ANCHORS_SUFFIX})")
     return result
 
 
@@ -88,9 +87,9 @@ def export_tflite(model: tf.keras.Model, num_classes: int, image_size: Tuple[int
     """The network as a float32 TFLite model with static shapes and builtin ops only, so that TFLite's XNNPACK
     delegate runs all of it (see `effdet.eval.engines.tflite_model` for its inputs and outputs), and its anchors
     [N, 4] (ymin, xmin, ymax, xmax in input pixels) beside it, in the outputs' order, to decode the box codes.
-    Resizing, decoding and NMS stay outside: with them inside, the graph has dynamic shapes, XNNPACK declines
-    it and D0 took 274 ms at batch 1 (TF 2.15's tf.lite), against 141 ms for eval.engine=tflite's split."""
+    Resizing, decoding and NMS stay outside: with them inside, the graph has dynamic shapes and XNNPACK declines
+    it, leaving the whole model to TFLite's slower reference kernels."""
     with open(path, "wb") as handle:
         handle.write(tflite_model(model, num_classes, image_size))
-    np.save(os.path.splitext(path)[0] + ".anchors.npy", np.asarray(anchors, np.float32))
+    np.save(os.path.splitext(path)[0] + TFLITE_ANCHORS_SUFFIX, np.asarray(anchors, np.float32))
     return path

@@ -9,13 +9,14 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from effdet.artifacts import DETECTIONS_DIR
 from effdet.data.builder import build_labeler
 from effdet.data.pipeline import inference_example, padding_multiple
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
 from effdet.eval.evaluate import detector
-from effdet.model.builder import build_model, image_size_of
-from effdet.modes.evaluation import checkpoint_of, restore_for_evaluation
+from effdet.model.builder import image_size_of
+from effdet.model.detector import build_detector
 from effdet.modes.registry import MODES
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def infer(cfg: Any, run_dir: str) -> Dict[str, Any]:
     infer_cfg = cfg.infer
     if not infer_cfg.input:
         raise ConfigError("mode=infer needs infer.input: image paths or globs, comma-separated "
-                          "(infer.input='photos/*.jpg,extra.png')")
+                          "(in a shell: \"infer.input='photos/*.jpg,extra.png'\")")
     if not infer_cfg.ckpt:
         raise ConfigError("mode=infer needs infer.ckpt: a checkpoint, a directory of checkpoints or a run dir")
     paths, unreadable = readable_images(expand_inputs(infer_cfg.input))
@@ -37,14 +38,12 @@ def infer(cfg: Any, run_dir: str) -> Dict[str, Any]:
     if not paths:
         raise ConfigError(f"infer.input={infer_cfg.input}: no readable image"
                           + (f" ({len(unreadable)} unreadable)" if unreadable else " matches"))
-    prefix = checkpoint_of(infer_cfg.ckpt, key="infer.ckpt")
+    model, prefix, step = build_detector(cfg, infer_cfg.ckpt, infer_cfg.use_ema, key="infer.ckpt")
 
     source = build_source(cfg.data)
     labeler = build_labeler(cfg.model)
-    model = build_model(cfg.model, source.num_classes)
-    step = restore_for_evaluation(model, prefix, use_ema=infer_cfg.use_ema)
     detect = detector(model, labeler, source.num_classes, cfg.eval)
-    output_dir = infer_cfg.output_dir or os.path.join(run_dir, "detections")
+    output_dir = infer_cfg.output_dir or os.path.join(run_dir, DETECTIONS_DIR)
     os.makedirs(output_dir, exist_ok=True)
     image_size = image_size_of(cfg.model)
 

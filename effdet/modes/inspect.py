@@ -3,6 +3,7 @@ import json
 import os
 from typing import Any, Dict
 
+from effdet.artifacts import INSPECT
 from effdet.model.anchors import num_anchors_per_level
 from effdet.model.builder import build_model, image_size_of
 from effdet.model.checkpoint import load_weights
@@ -43,7 +44,7 @@ def inspect(cfg: Any, run_dir: str) -> Dict[str, Any]:
         "checkpoints": checkpoints,
     }
     print(format_summary(summary))
-    with open(os.path.join(run_dir, "inspect.json"), "w") as handle:
+    with open(os.path.join(run_dir, INSPECT), "w") as handle:
         json.dump(summary, handle, indent=2)
     return summary
 

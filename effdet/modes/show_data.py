@@ -8,6 +8,7 @@ from typing import Any, Dict, List
 import numpy as np
 from PIL import Image, ImageDraw
 
+from effdet.artifacts import DATA_SAMPLES, DATA_SUMMARY
 from effdet.data.builder import build_input, build_labeler
 from effdet.data.sources import build_source
 from effdet.data.targets import flatten_levels
@@ -30,7 +31,7 @@ def show_data(cfg: Any, run_dir: str) -> Dict[str, Any]:
         next(batches)
     images_per_second = timed * cfg.trainer.batch_size / (time.perf_counter() - start)
     examples = decoded_examples(images, targets, labeler, cfg.model.min_level, cfg.model.max_level)
-    picture = os.path.join(run_dir, "data_samples.png")
+    picture = os.path.join(run_dir, DATA_SAMPLES)
     draw_grid(examples, source.class_name, picture)
     summary = {
         "data": source.name, "num_classes": source.num_classes,
@@ -42,7 +43,7 @@ def show_data(cfg: Any, run_dir: str) -> Dict[str, Any]:
     }
     print("\n".join(f"{key:<24}{value}" for key, value in summary.items() if key != "label_map"))
     print(f"{'classes':<24}{', '.join(f'{i}:{n}' for i, n in sorted(source.label_map.items()))}")
-    with open(os.path.join(run_dir, "data.json"), "w") as handle:
+    with open(os.path.join(run_dir, DATA_SUMMARY), "w") as handle:
         json.dump({k: v for k, v in summary.items()}, handle, indent=2, default=str)
     return summary
 

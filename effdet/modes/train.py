@@ -7,24 +7,24 @@ from typing import Any, Callable, Dict, Optional
 
 import tensorflow as tf
 
+from effdet.artifacts import TRAIN_HISTORY, TRAIN_SUMMARY, TRAINING_CURVES, TRAINING_PLAN, checkpoint_dir
 from effdet.data.builder import build_input, build_labeler
 from effdet.data.pipeline import Shard
 from effdet.data.reader import describe_counts
 from effdet.data.sources import build_source
-from effdet.model.builder import build_model
 from effdet.errors import CheckpointError, ConfigError
+from effdet.hardware.workers import init_workers
+from effdet.model.builder import build_model
 from effdet.model.checkpoint import load_weights, resolve_checkpoint
+from effdet.model.ema import build_ema
 from effdet.modes.registry import MODES
 from effdet.provenance import check_resume
-from effdet.sweep import TRAIN_SUMMARY
-from effdet.train.builder import build_ema, build_loss, build_optimization, set_precision, steps_of
+from effdet.train.builder import build_loss, build_optimization, set_precision, steps_of
 from effdet.train.curves import plot_training_curves
-from effdet.train.distributed import init_workers
-from effdet.train.hooks import TRAIN_HISTORY, Evaluation, build_hooks, evaluation_interval, read_history
+from effdet.train.hooks import Evaluation, build_hooks, evaluation_interval, read_history
 from effdet.train.trainer import Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-TRAINING_PLAN = "training_plan.json"  # {"total_steps", "steps_per_epoch"} of the run, for its evaluators
 
 
 @dataclass
@@ -50,7 +50,7 @@ def build_training(cfg: Any, run_dir: str) -> Training:
             except CheckpointError as error:
                 raise CheckpointError(f"trainer.{key}: {error}") from None
     workers = init_workers()
-    has_checkpoint = tf.train.latest_checkpoint(os.path.join(run_dir, "checkpoints")) is not None
+    has_checkpoint = tf.train.latest_checkpoint(checkpoint_dir(run_dir)) is not None
     check_resume(cfg, run_dir, has_checkpoint, workers.is_chief)
     if trainer_cfg.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -138,6 +138,5 @@ def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at
         with open(os.path.join(run_dir, TRAIN_SUMMARY), "w") as handle:
             json.dump({key: summary[key] for key in ("step", "seconds", "images_per_second", "stopped_early",
                                                      "corrupt_records") if key in summary}, handle, indent=1)
-        plot_training_curves(read_history(os.path.join(run_dir, TRAIN_HISTORY)),
-                             os.path.join(run_dir, "training_curves.png"))
+        plot_training_curves(read_history(os.path.join(run_dir, TRAIN_HISTORY)), os.path.join(run_dir, TRAINING_CURVES))
     return result

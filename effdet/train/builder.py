@@ -5,7 +5,6 @@ from typing import Any, Tuple
 import tensorflow as tf
 
 from effdet.errors import ConfigError
-from effdet.train.ema import ExponentialMovingAverage
 from effdet.train.losses import DetectionLoss
 from effdet.train.optim import build_optimizer, build_schedule, scaled_learning_rate
 
@@ -42,12 +41,6 @@ def build_optimization(optimizer_cfg: Any, global_batch: int, steps_per_epoch: i
     if loss_scaling:
         optimizer = tf.keras.mixed_precision.LossScaleOptimizer(optimizer)
     return schedule, optimizer
-
-
-def build_ema(model: tf.keras.Model, decay: float) -> ExponentialMovingAverage:
-    """Averages the trainable weights and the batch-norm statistics, as automl's EMA checkpoints do."""
-    moving = [v for v in model.non_trainable_variables if "moving_" in v.name]
-    return ExponentialMovingAverage(model.trainable_variables + moving, decay=decay)
 
 
 def build_loss(loss_cfg: Any, model_cfg: Any, num_classes: int, anchors, workers) -> DetectionLoss:

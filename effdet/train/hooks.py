@@ -25,9 +25,9 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-log = logging.getLogger(__name__)
+from effdet.artifacts import TENSORBOARD, TRAIN_HISTORY
 
-TRAIN_HISTORY = "train_history.jsonl"
+log = logging.getLogger(__name__)
 
 
 class Hook:
@@ -75,7 +75,7 @@ class History(Hook):
 
     def __init__(self, run_dir: str):
         self.path = os.path.join(run_dir, TRAIN_HISTORY)
-        self.tensorboard_dir = os.path.join(run_dir, "tensorboard")
+        self.tensorboard_dir = os.path.join(run_dir, TENSORBOARD)
         self.entries: List[Dict[str, float]] = []
         self._writer = None
 

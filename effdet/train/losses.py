@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from effdet.config.schema import LossConfig, default_of
 from effdet.data.targets import IGNORE, flatten_levels
+from effdet.hardware.workers import Workers
 from effdet.model import box_coder
-from effdet.train.distributed import Workers
 
 # trainer.loss's defaults (LossConfig in the schema)
 ALPHA, GAMMA, LABEL_SMOOTHING = (default_of(LossConfig, key) for key in ("alpha", "gamma", "label_smoothing"))

@@ -1,7 +1,6 @@
 """The training loop: EfficientDet's recipe (clipping, weight decay, EMA) on any number of Horovod workers,
 with checkpoints that survive crashes, automatic resume, and a guard against non-finite losses."""
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
@@ -9,11 +8,12 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from effdet.artifacts import checkpoint_dir
 from effdet.config.schema import TrainerConfig, default_of
 from effdet.data.reader import (CorruptDataError, CorruptRecords, describe_counts, merge_counts, over_threshold,
                                 stop_reason)
 from effdet.errors import DataError, EffdetError
-from effdet.train.distributed import Workers
+from effdet.hardware.workers import Workers
 from effdet.train.hooks import Hook
 from effdet.train.losses import weight_decay
 
@@ -53,7 +53,7 @@ class Trainer:
         self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, ema=ema, step=self.step,
                                               skipped_steps=self.skipped_steps)
-        self.checkpoint_dir = os.path.join(run_dir, "checkpoints")
+        self.checkpoint_dir = checkpoint_dir(run_dir)
         self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
                                                   max_to_keep=settings.keep_checkpoint_max, checkpoint_name="ckpt")
         self._saved_step: Optional[int] = None  # the step of the checkpoint this process wrote or restored last

@@ -169,7 +169,7 @@ def _mirrors():
     from effdet.model.efficientnet import EfficientNet
     from effdet.model.layers import NormFactory
     from effdet.train import losses, optim
-    from effdet.train.ema import ExponentialMovingAverage
+    from effdet.model.ema import ExponentialMovingAverage
     from effdet.train.trainer import TrainSettings
 
     return [

@@ -11,7 +11,7 @@ from effdet.config import validate
 from effdet.errors import ConfigError
 from effdet.hardware import setup_hardware
 from effdet.hardware.gaudi import MISSING_BRIDGE, hcl_config, module_id, require_habana
-from effdet.hardware.gpu import setup_gpu
+from effdet.hardware.gpu import Gpu
 from effdet.hardware.launch import RUN_PY, check_mode_workers, needs_launch, parse_hosts, plan_launch, worker_overrides
 from tests.conftest import compose, run_cli
 
@@ -168,12 +168,12 @@ class FakeDevices:
 def test_each_gpu_worker_sees_only_its_local_ranks_gpu_and_grows_its_memory(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "2")
     devices = FakeDevices(4)
-    assert setup_gpu(hardware("hardware=gpu"), config=devices).device == "gpu:2"
+    assert Gpu().setup(hardware("hardware=gpu"), config=devices).device == "gpu:2"
     assert devices.visible == ([devices.gpus[2]], "GPU") and devices.growing == [(devices.gpus[2], True)]
     with pytest.raises(ConfigError, match="local rank 2 has no GPU of its own: this host has 2"):
-        setup_gpu(hardware("hardware=gpu"), config=FakeDevices(2))
+        Gpu().setup(hardware("hardware=gpu"), config=FakeDevices(2))
     with pytest.raises(ConfigError, match="sees no GPU.*hardware=cpu"):
-        setup_gpu(hardware("hardware=gpu"), config=FakeDevices(0))
+        Gpu().setup(hardware("hardware=gpu"), config=FakeDevices(0))
 
 
 def test_gpu_and_gaudi_defaults_for_precision_and_xla_reach_the_trainer():

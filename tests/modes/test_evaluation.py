@@ -10,9 +10,10 @@ import tensorflow as tf
 from effdet.errors import CheckpointError
 from effdet.eval.evaluate import per_class_table, plot_ap_over_steps, read_metrics
 from effdet.model.builder import build_model
-from effdet.model.checkpoint import export_name_based
-from effdet.modes.evaluation import checkpoint_of, latest_checkpoint_in, restore_for_evaluation, watch_checkpoints
-from effdet.train.builder import build_ema
+from effdet.model.checkpoint import checkpoint_of, export_name_based
+from effdet.model.detector import build_detector, restore_for_inference
+from effdet.modes.evaluation import latest_checkpoint_in, watch_checkpoints
+from effdet.model.ema import build_ema
 from tests.conftest import compose
 
 
@@ -39,7 +40,7 @@ def test_a_run_dir_gives_its_latest_checkpoint_with_the_averaged_or_the_raw_weig
     trained, ema, prefix = training_checkpoint(tiny_cfg, tmp_path)
     assert checkpoint_of(str(tmp_path)) == prefix == checkpoint_of(str(tmp_path / "checkpoints"))
     model = build_model(tiny_cfg.model, 6)
-    assert restore_for_evaluation(model, prefix, use_ema=use_ema) == 7
+    assert restore_for_inference(model, prefix, use_ema=use_ema) == 7
     expected = ema.shadow_variables if use_ema else ema.source_variables
     by_name = {v.name: v for v in model.variables}
     for source, value in zip(ema.source_variables, expected):
@@ -50,7 +51,7 @@ def test_automl_style_checkpoints_load_by_name(tiny_cfg, tmp_path):
     source = build_model(tiny_cfg.model, 6)
     prefix = export_name_based(source, str(tmp_path / "automl" / "model.ckpt-12"))
     model = build_model(tiny_cfg.model, 6)
-    assert restore_for_evaluation(model, prefix) == 12
+    assert restore_for_inference(model, prefix) == 12
     for got, want in zip(model.variables, source.variables):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
@@ -58,7 +59,18 @@ def test_automl_style_checkpoints_load_by_name(tiny_cfg, tmp_path):
 def test_a_checkpoint_of_another_num_classes_is_refused(tiny_cfg, tmp_path):
     _, _, prefix = training_checkpoint(tiny_cfg, tmp_path)
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        restore_for_evaluation(build_model(tiny_cfg.model, 3), prefix)
+        restore_for_inference(build_model(tiny_cfg.model, 3), prefix)
+
+
+def test_eval_infer_and_export_build_their_detector_from_a_run_dir_with_its_averaged_weights(tiny_cfg, tmp_path):
+    _, ema, prefix = training_checkpoint(tiny_cfg, tmp_path, step=9)
+    model, restored_prefix, step = build_detector(tiny_cfg, str(tmp_path), use_ema=True, key="infer.ckpt")
+    assert (restored_prefix, step, model.num_classes) == (prefix, 9, tiny_cfg.data.num_classes)
+    by_name = {v.name: v for v in model.variables}
+    for source, average in zip(ema.source_variables, ema.shadow_variables):
+        np.testing.assert_array_equal(by_name[source.name].numpy(), average.numpy())
+    with pytest.raises(CheckpointError, match=f"export.ckpt={tmp_path / 'nowhere'}: no checkpoint at"):
+        build_detector(tiny_cfg, str(tmp_path / "nowhere"), use_ema=True, key="export.ckpt")
 
 
 def test_no_checkpoint_in_a_run_dir_says_so(tmp_path):

@@ -6,7 +6,7 @@ import pathlib
 import sys
 
 from effdet.data.reader import CorruptDataError
-from effdet.train.distributed import init_workers
+from effdet.hardware.workers import init_workers
 from tests.train.test_corrupt_input import trainer_on
 from tests.train.test_trainer import fit
 

@@ -8,9 +8,9 @@ import tensorflow as tf
 
 from effdet.data.fake import FakeInput
 from effdet.data.targets import AnchorLabeler
+from effdet.hardware.workers import init_workers
 from effdet.model import EfficientDet, NormFactory
 from effdet.model.builder import create_variables
-from effdet.train.distributed import init_workers
 from effdet.train.losses import DetectionLoss
 
 GLOBAL_BATCH = 4

@@ -5,11 +5,11 @@ import tensorflow as tf
 
 from effdet.data.fake import FakeInput
 from effdet.data.targets import AnchorLabeler
+from effdet.hardware.workers import Workers
 from effdet.model import EfficientDet
 from effdet.model.builder import create_variables
 from effdet.train.builder import set_precision
-from effdet.train.distributed import Workers
-from effdet.train.ema import ExponentialMovingAverage
+from effdet.model.ema import ExponentialMovingAverage
 from effdet.train.losses import DetectionLoss
 from effdet.train.optim import build_optimizer, build_schedule
 from effdet.train.hooks import History, build_hooks

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from effdet.errors import ConfigError
-from effdet.train.ema import ExponentialMovingAverage
+from effdet.model.ema import ExponentialMovingAverage
 
 
 def hand_ema(initial, values, decay, warmup, first_step=0):

@@ -1,4 +1,5 @@
-"""An exponential moving average of model weights, as automl keeps it (decay 0.9998 with num_updates)."""
+"""An exponential moving average of model weights, as automl keeps it (decay 0.9998 with num_updates): training
+updates it, evaluation, inference and export restore it."""
 import contextlib
 from typing import Iterator, List, Optional, Sequence
 
@@ -99,3 +100,9 @@ class ExponentialMovingAverage(tf.Module):
             for variable, value in zip(self._sources, self._backup):
                 variable.assign(value)
             self._backup = None
+
+
+def build_ema(model: tf.keras.Model, decay: float) -> ExponentialMovingAverage:
+    """Averages the trainable weights and the batch-norm statistics, as automl's EMA checkpoints do."""
+    moving = [v for v in model.non_trainable_variables if "moving_" in v.name]
+    return ExponentialMovingAverage(model.trainable_variables + moving, decay=decay)
