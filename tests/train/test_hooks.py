@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from effdet.train.hooks import Evaluation, Hook, StepTimer, build_hooks, evaluation_interval
+from effdet.train.hooks import Evaluation, Hook, StepTimer, build_hooks, evaluation_interval, every
 from tests.train.test_trainer import fit, make_trainer, tiny_detector
 
 
@@ -20,7 +20,7 @@ class Seen(Hook):
         self.calls.append(("before", int(trainer.step)))
 
     def next_boundary(self, step):
-        return (step // self.every + 1) * self.every if self.every else None
+        return every(self.every, step) if self.every else None
 
     def after_loop(self, trainer, step, losses):
         self.calls.append(("loop", step))
