@@ -49,7 +49,7 @@ def tflite_model(model: tf.keras.Model, num_classes: int, image_size: Tuple[int,
     signature = tf.TensorSpec([None, *image_size, 3], tf.uint8, name="images")
     function = tf.function(network, input_signature=[signature], autograph=False).get_concrete_function()
     # Converted from the frozen graph: given the Keras model as well, the converter saves it as a SavedModel
-    # first, tracing every layer, which took 45 s for a tiny test model against 3 s this way.
+    # first, tracing every layer again, which costs many times the conversion itself.
     logger = tf.get_logger()
     level = logger.level
     logger.setLevel("ERROR")  # it would advise passing the model, which is what we avoid
