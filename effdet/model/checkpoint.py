@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from effdet.artifacts import CHECKPOINTS
+from effdet.artifacts import checkpoint_dir
 from effdet.errors import CheckpointError
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
@@ -73,7 +73,7 @@ def checkpoint_of(path: str, key: Optional[str] = None) -> str:
     """A checkpoint prefix from a prefix, an index file, a directory of checkpoints, or a run dir (its
     checkpoints/). An error names the config `key` the path came from."""
     expanded = os.path.expanduser(str(path))
-    run_checkpoints = os.path.join(expanded, CHECKPOINTS)
+    run_checkpoints = checkpoint_dir(expanded)
     try:
         if os.path.isdir(run_checkpoints) and not os.path.exists(os.path.join(expanded, "checkpoint")):
             return resolve_checkpoint(run_checkpoints)
@@ -82,6 +82,7 @@ def checkpoint_of(path: str, key: Optional[str] = None) -> str:
         if key is None:
             raise
         raise CheckpointError(f"{key}={path}: {error}") from None
+
 
 def load_weights(model: tf.keras.Model, path: str, backbone_only: bool = False,
                  prefer_ema: bool = True) -> LoadReport:

@@ -8,7 +8,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
-from effdet.artifacts import CHECKPOINTS, TRAINING_PLAN
+from effdet.artifacts import TRAINING_PLAN, checkpoint_dir
 from effdet.data.builder import build_labeler
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
@@ -102,7 +102,7 @@ def watch_checkpoints(latest: Callable[[], Optional[str]], evaluate: Callable[[s
 def latest_checkpoint_in(path: str) -> Optional[str]:
     """The newest complete checkpoint under a run dir or a checkpoint dir, or None (yet)."""
     path = os.path.expanduser(str(path))
-    directory = os.path.join(path, CHECKPOINTS) if os.path.isdir(os.path.join(path, CHECKPOINTS)) else path
+    directory = checkpoint_dir(path) if os.path.isdir(checkpoint_dir(path)) else path
     return tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
 
 

@@ -53,8 +53,7 @@ class Trainer:
         self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, ema=ema, step=self.step,
                                               skipped_steps=self.skipped_steps)
-        self.checkpoint_dir = checkpoint_dir(run_dir)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, self.checkpoint_dir,
+        self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir(run_dir),
                                                   max_to_keep=settings.keep_checkpoint_max, checkpoint_name="ckpt")
         self._saved_step: Optional[int] = None  # the step of the checkpoint this process wrote or restored last
         self._stop_requested: Optional[str] = None

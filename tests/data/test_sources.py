@@ -26,6 +26,12 @@ def test_tfrecord_source_reads_the_label_map_next_to_the_shards_and_counts_recor
         build_input(cfg.data, source, build_labeler(cfg.model), split="val")
 
 
+def test_fake_data_without_an_epoch_size_is_refused_naming_the_key():
+    cfg = compose(["data=fake", "data.num_examples_per_epoch=null"])
+    with pytest.raises(ConfigError, match="set data.num_examples_per_epoch"):
+        build_source(cfg.data)
+
+
 def test_jitter_bounds_must_be_ordered(tmp_path):
     write_records(tmp_path / "train.tfrecord", [rectangle_record(0)])
     cfg = compose(["data=coco", f"data.train_file_pattern={tmp_path}/train*", "data.jitter_min=1.5",
