@@ -20,7 +20,9 @@ Layout of a run dir (rank 0 writes; the other workers write nothing):
     data.json, data_samples.png mode=show_data's summary and picture
     inspect.json                mode=inspect's summary
     detections/                 mode=infer's <image>.json and <image>.png (unless infer.output_dir)
-    saved_model/, model.tflite  mode=export's models (unless export.output_dir), labels.json in the SavedModel
+    saved_model/, model*.tflite mode=export's models (unless export.output_dir), labels.json in the SavedModel,
+    model.onnx, model.anchors.npy   the TFLite (float32, _fp16, _int8) and ONNX networks and their anchors
+    export_report.md, .json     export.compare's table: size, AP, AP50 and latency of every form written
     hostfile, hcl_config.json   a launch's files for mpirun and Habana's HCL
 """
 import os
@@ -50,8 +52,15 @@ INSPECT = "inspect.json"
 DETECTIONS_DIR = "detections"
 SAVED_MODEL = "saved_model"
 LABELS = "labels.json"  # in the SavedModel's directory
-TFLITE = "model.tflite"  # beside the SavedModel's directory, with <name>.anchors.npy
-TFLITE_ANCHORS_SUFFIX = ".anchors.npy"
+# mode=export's network files, beside the SavedModel's directory, with the anchors they all decode with
+TFLITE = "model.tflite"
+TFLITE_FP16 = "model_fp16.tflite"
+TFLITE_INT8 = "model_int8.tflite"
+TFLITE_FILES = {"none": TFLITE, "float16": TFLITE_FP16, "int8": TFLITE_INT8}  # by export.quantize
+ONNX_MODEL = "model.onnx"
+ANCHORS = "model.anchors.npy"
+EXPORT_REPORT = "export_report.md"  # export.compare's table, and as JSON
+EXPORT_REPORT_JSON = "export_report.json"
 
 HOSTFILE = "hostfile"
 HCL_CONFIG = "hcl_config.json"

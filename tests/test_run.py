@@ -156,12 +156,29 @@ def test_train_runs_end_to_end_and_its_checkpoints_evaluate_infer_and_export(tmp
         original = np.asarray(Image.open(next(pictures.glob(name + ".*"))).convert("RGB"))
         assert annotated.shape == original.shape and (annotated != original).any()  # boxes drawn on it
 
-    # mode=export: a SavedModel that takes uint8 images and returns detections, with the class names beside it
+    # mode=export: a SavedModel that takes uint8 images and returns detections, with the class names beside it;
+    # the network as float32 and int8 TFLite and as ONNX, and the table of their AP and latency
     exported = run_cli(*tiny[:-1], "mode=export", f"export.ckpt={run_dir}", "export.tflite=true",
-                       f"hydra.run.dir={tmp_path / 'export'}")
+                       "export.quantize=[none,int8]", "export.calibration_samples=4", "export.onnx=true",
+                       "export.compare=true", "export.latency_runs=2", f"hydra.run.dir={tmp_path / 'export'}")
     assert exported.returncode == 0, exported.stderr[-3000:]
-    assert (tmp_path / "export" / "model.tflite").stat().st_size > 0
-    assert (tmp_path / "export" / "model.anchors.npy").exists()
+    for name in ("model.tflite", "model_int8.tflite", "model.onnx", "model.anchors.npy", "export_report.md"):
+        assert (tmp_path / "export" / name).stat().st_size > 0, name
+    assert "integer ops only); LiteRT runs it: logits 1x" in exported.stdout
+    assert "ONNX Runtime runs it" in exported.stdout
+    report = json.loads((tmp_path / "export" / "export_report.json").read_text())
+    assert [row["form"] for row in report["forms"]] == ["SavedModel (TensorFlow)", "TFLite float32", "TFLite int8",
+                                                        "ONNX (ONNX Runtime)"]
+    for row in report["forms"]:
+        assert row["images"] == 4 and 0 <= row["AP"] <= 1 and row["latency_ms"] > 0 and row["megabytes"] > 0, row
+    assert report["forms"][1]["AP"] == pytest.approx(report["forms"][0]["AP"], abs=1e-3)  # float32: the same AP
+    assert report["forms"][2]["megabytes"] < 0.5 * report["forms"][1]["megabytes"]
+    # mode=eval runs an exported file: the int8 network's COCO AP
+    int8_eval = run_cli(*tiny[:-1], "mode=eval", f"eval.ckpt={run_dir}", "eval.engine=tflite",
+                        f"eval.tflite_quantize={tmp_path / 'export' / 'model_int8.tflite'}",
+                        f"hydra.run.dir={tmp_path / 'int8-eval'}")
+    assert int8_eval.returncode == 0, int8_eval.stderr[-3000:]
+    assert json.loads((tmp_path / "int8-eval" / "metrics.jsonl").read_text())["AP"] == report["forms"][2]["AP"]
     import tensorflow as tf
 
     serve = tf.saved_model.load(str(tmp_path / "export" / "saved_model")).signatures["serving_default"]

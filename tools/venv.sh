@@ -90,7 +90,7 @@ fingerprint() {
 }
 FP="$(fingerprint)"
 
-IMPORTS="import tensorflow, hydra"
+IMPORTS="import tensorflow, hydra, tf2onnx, onnxruntime"
 [[ "$SKIP_HVD" == 1 ]] || IMPORTS="$IMPORTS, horovod.tensorflow"
 
 quiet_import() { TF_CPP_MIN_LOG_LEVEL=3 "$VPY" -c "$1" >/dev/null 2>&1; }
@@ -132,8 +132,8 @@ if "$VPY" -m pip show "$OTHER_TF" >/dev/null 2>&1; then
   pip_ uninstall -y tensorflow tensorflow-cpu
 fi
 
-log "installing effdet (editable) with extras [$DEVICE,dev]"
-pip_ install -e ".[$DEVICE,dev]"
+log "installing effdet (editable) with extras [$DEVICE,onnx,dev]"
+pip_ install -e ".[$DEVICE,onnx,dev]"
 
 # --- Horovod ----------------------------------------------------------------------
 horovod_ok() {

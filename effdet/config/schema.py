@@ -31,10 +31,16 @@ def fraction(default):
     return field(default=default, metadata={"min": 0.0, "max": 1.0})
 
 
-def one_of(default, choices):
+def one_of(default, choices, or_path: Optional[str] = None, many: bool = False):
     """A field whose value is one of `choices`: "module:NAME" of the list that the code using it checks, or the
-    list itself when no module has one."""
-    return field(default=default, metadata={"choices": choices})
+    list itself when no module has one. `or_path`: a path ending so is valid too; `many`: a list of choices is
+    too."""
+    metadata = {"choices": choices}
+    if or_path:
+        metadata["or_path"] = or_path
+    if many:
+        metadata["many"] = True
+    return field(default=default, metadata=metadata)
 
 
 def default_of(schema: type, name: str) -> Any:
@@ -213,7 +219,11 @@ class EvalConfig:
     ckpt: Optional[str] = None  # mode=eval: a checkpoint, a checkpoint dir or a run dir (default: this run dir's)
     testdev_dir: Optional[str] = None  # mode=eval: write unscored detections there, for COCO test-dev submission
     use_ema: bool = True  # evaluate the exponential moving average of the weights, as automl does
-    engine: str = registered("tensorflow", "effdet.eval.engines:ENGINES")  # tensorflow | tflite (XNNPACK)
+    engine: str = registered("tensorflow", "effdet.eval.engines:ENGINES")  # tensorflow | tflite | onnxruntime
+    # engine=tflite: the checkpoint's network converted to none (float32) | float16 | int8 (calibrated as
+    # mode=export calibrates), or the path of a .tflite file mode=export wrote
+    tflite_quantize: str = one_of("none", "effdet.eval.convert:QUANTIZATIONS", or_path=".tflite")
+    onnx_file: Optional[str] = None  # engine=onnxruntime: a model.onnx mode=export wrote (default: convert here)
     # square: every image fitted into model.image_size and padded to it (automl; the SavedModel does this);
     # stride: padded only up to multiples of the coarsest level's stride, 2^max_level (640×480 runs at 512×384)
     padding: str = one_of("square", "effdet.data.pipeline:PADDINGS")
@@ -234,7 +244,16 @@ class ExportConfig:
     ckpt: Optional[str] = None  # a checkpoint, a checkpoint dir or a run dir
     use_ema: bool = True
     output_dir: Optional[str] = None  # default: <run dir>/saved_model
-    tflite: bool = False  # also <output dir>/../model.tflite: the float32 network, static shapes, for XNNPACK
+    # also TFLite networks beside the SavedModel, static shapes for XNNPACK, one per export.quantize form:
+    # model.tflite (none: float32), model_fp16.tflite (float16), model_int8.tflite (int8)
+    tflite: bool = False
+    quantize: Any = one_of("none", "effdet.eval.convert:QUANTIZATIONS", many=True)  # one form or a list of them
+    calibration_samples: int = positive(200)  # int8: calibrated on the first N train images, prepared as eval
+    int8_fallback: bool = False  # int8: ops without an integer kernel stay float32 instead of failing the export
+    onnx: bool = False  # also model.onnx (tf2onnx; the optional onnx extra)
+    # evaluate every form written on the val split (eval.samples images): export_report.md and .json
+    compare: bool = False
+    latency_runs: int = positive(20)  # export.compare: the network's latency is the median of so many runs
 
 
 @dataclass

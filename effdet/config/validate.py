@@ -3,7 +3,7 @@ import dataclasses
 import importlib
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from effdet.config.schema import Config
 from effdet.errors import ConfigError
@@ -19,9 +19,7 @@ def validate(cfg: DictConfig, schema: type = Config, path: str = "") -> None:
             continue
         _check_range(key, value, spec.metadata)
         if "choices" in spec.metadata and value is not None:
-            choices = choices_of(spec.metadata["choices"])
-            if value not in choices:
-                raise ConfigError(f"{key}={value} is not valid: choose one of {', '.join(map(str, choices))}")
+            _check_choice(key, value, spec.metadata)
         if "registry" in spec.metadata and value is not None:
             _imported(spec.metadata["registry"]).get(value, where=key)
 
@@ -29,6 +27,21 @@ def validate(cfg: DictConfig, schema: type = Config, path: str = "") -> None:
 def choices_of(choices) -> list:
     """A field's valid values: its metadata's list, or the list (or dict's keys) that "module:NAME" names."""
     return list(_imported(choices) if isinstance(choices, str) else choices)
+
+
+def _check_choice(key: str, value: Any, metadata) -> None:
+    choices = choices_of(metadata["choices"])
+    or_path = metadata.get("or_path")
+    many = metadata.get("many", False)
+    values = list(value) if many and isinstance(value, (list, tuple, ListConfig)) else [value]
+    for one in values:
+        if one in choices or (or_path and isinstance(one, str) and one.endswith(or_path)):
+            continue
+        valid = ", ".join(map(str, choices)) + (f", or the path of a {or_path} file" if or_path else "") + \
+            (" (or a list of them)" if many else "")
+        raise ConfigError(f"{key}={value} is not valid: choose one of {valid}")
+    if many and not values:
+        raise ConfigError(f"{key}=[] is empty: choose one or more of {', '.join(map(str, choices))}")
 
 
 def _imported(path: str):

@@ -15,7 +15,9 @@ from effdet.data.reader import CorruptDataError, CorruptRecords, describe_counts
     stop_reason
 from effdet.data.sources import DataSource
 from effdet.data.targets import AnchorLabeler
+from effdet.errors import ConfigError
 from effdet.eval.coco_metrics import CocoEvaluator, detections_to_coco_rows, image_id_of
+from effdet.eval.convert import Calibration, calibration_of
 from effdet.eval.engines import ENGINES
 from effdet.eval.postprocess import postprocess
 from effdet.hardware.workers import Workers
@@ -24,9 +26,10 @@ log = logging.getLogger(__name__)
 RECORDED = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
-def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, eval_cfg: Any):
+def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, eval_cfg: Any,
+             calibration: Optional[Calibration] = None):
     """(images at the model's input size, image scales, original sizes) → detections in original pixels, the
-    network run by `eval.engine`."""
+    network run by `eval.engine` (`calibration`: what an int8 conversion there is calibrated on)."""
     settings = dict(max_detections=eval_cfg.max_detections, score_threshold=eval_cfg.score_threshold,
                     nms=eval_cfg.nms, iou_threshold=eval_cfg.iou_threshold, soft_nms_sigma=eval_cfg.soft_nms_sigma)
     make_network = ENGINES.get(eval_cfg.engine, where="eval.engine")
@@ -41,22 +44,27 @@ def detector(model: tf.keras.Model, labeler: AnchorLabeler, num_classes: int, ev
     def detect(images, image_scales, original_sizes):
         size = tuple(images.shape[1:3])
         if size not in networks:
-            networks[size] = make_network(model, num_classes, size)
+            networks[size] = make_network(model, num_classes, size, eval_cfg, calibration)
             anchors[size] = labeler.anchors_at(size)
         logits, codes = networks[size](images)
+        if logits.shape[1] != anchors[size].shape[0] or logits.shape[2] != num_classes:
+            raise ConfigError(f"eval.engine={eval_cfg.engine}: the network gives {logits.shape[1]} anchors x "
+                              f"{logits.shape[2]} classes, this job's config {anchors[size].shape[0]} x {num_classes}: "
+                              "its file was exported with another model or data config")
         return finish(logits, codes, anchors[size], image_scales, original_sizes)
 
     return detect
 
 
 def detect_split(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
-                 workers: Workers = Workers()) -> Tuple[List[dict], List[int], dict]:
+                 workers: Workers = Workers(), calibration: Optional[Calibration] = None
+                 ) -> Tuple[List[dict], List[int], dict]:
     """Detections on the val split (its first eval.samples images) as COCO results rows, the ids of the
     images run, and the bad val records skipped (merged over workers). With several workers each runs its own
     shard and every worker gets everybody's, in rank order. With data.on_corrupt=stop a bad record stops it with
     CorruptDataError, on every worker; with skip the metrics are over the images detected (a run that trained for
     days keeps its final evaluation), and the warning says how many bad records were skipped."""
-    detect = detector(model, labeler, source.num_classes, eval_cfg)
+    detect = detector(model, labeler, source.num_classes, eval_cfg, calibration)
     pipeline = build_input(data_cfg, source, labeler, "val")
     rows, image_ids = [], []
     batches = pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples, eval_cfg.padding)
@@ -91,12 +99,13 @@ def readable_batches(batches, corrupt: CorruptRecords):
 
 
 def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
-             detections_path: Optional[str] = None, workers: Workers = Workers()) -> Dict[str, Any]:
+             detections_path: Optional[str] = None, workers: Workers = Workers(),
+             calibration: Optional[Calibration] = None) -> Dict[str, Any]:
     """COCO metrics of `model` on the val split; the detections go to `detections_path` (COCO results JSON).
     Every worker detects its shard; rank 0 scores them all (the others return {})."""
     if not source.val_json_file:
         raise ValueError(f"data '{source.name}' has no val_json_file (COCO-format ground truth) to score against")
-    rows, image_ids, corrupt = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
+    rows, image_ids, corrupt = detect_split(model, source, labeler, data_cfg, eval_cfg, workers, calibration)
     if not workers.is_chief:
         return {}
     evaluator = CocoEvaluator(source.val_json_file)
@@ -115,10 +124,11 @@ def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, e
 
 
 def write_testdev_detections(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
-                             directory: str, workers: Workers = Workers()) -> Dict[str, Any]:
+                             directory: str, workers: Workers = Workers(),
+                             calibration: Optional[Calibration] = None) -> Dict[str, Any]:
     """Detections on the val split without scoring them (COCO test-dev has no public ground truth): a COCO
     results JSON to submit, named as the evaluation server expects. Written by rank 0."""
-    rows, image_ids, _ = detect_split(model, source, labeler, data_cfg, eval_cfg, workers)
+    rows, image_ids, _ = detect_split(model, source, labeler, data_cfg, eval_cfg, workers, calibration)
     path = os.path.join(directory, "detections_test-dev2017_effdet_results.json")
     if workers.is_chief:
         os.makedirs(directory, exist_ok=True)
@@ -138,7 +148,8 @@ def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabe
     if workers.is_chief:
         os.makedirs(details_dir, exist_ok=True)
     result = evaluate(model, source, labeler, cfg.data, cfg.eval,
-                      detections_path=os.path.join(details_dir, STEP_DETECTIONS), workers=workers)
+                      detections_path=os.path.join(details_dir, STEP_DETECTIONS), workers=workers,
+                      calibration=calibration_of(cfg, source, labeler))
     if workers.is_chief:
         metrics = result["metrics"]
         record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}

@@ -1,4 +1,5 @@
 """BiFPN: extra pyramid levels by resampling, then repeated weighted bidirectional fusion cells."""
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
@@ -63,14 +64,27 @@ class Resample(tf.keras.layers.Layer):
 
 
 def upsample_nearest(x: tf.Tensor, height: int, width: int) -> tf.Tensor:
-    """Nearest-neighbour resize to (height, width), as tf.image.resize(NEAREST) computes it, but by gathering
-    rows and columns: its gradient compiles under XLA on the CPU (ResizeNearestNeighborGrad does not)."""
-    def source(size_in, size_out):
-        return tf.minimum(tf.cast(tf.floor((tf.range(size_out, dtype=tf.float32) + 0.5) * size_in / size_out),
-                                  tf.int32), size_in - 1)
+    """Nearest-neighbour resize to (height, width), as tf.image.resize(NEAREST) computes it, but by repeating or
+    gathering rows and columns: its gradient compiles under XLA on the CPU (ResizeNearestNeighborGrad does
+    not). A whole factor repeats by concatenation and reshapes, ops that TFLite's XNNPACK delegate runs: a
+    GATHER would split its graph at every upsampling, for the float and the int8 networks alike."""
+    x = _resize_axis(x, 1, height)
+    return _resize_axis(x, 2, width)
 
-    x = tf.gather(x, source(x.shape[1], height), axis=1)
-    return tf.gather(x, source(x.shape[2], width), axis=2)
+
+def _resize_axis(x: tf.Tensor, axis: int, size_out: int) -> tf.Tensor:
+    size_in = x.shape[axis]
+    if size_out == size_in:
+        return x
+    if size_out % size_in == 0:  # each row (column) repeated factor times: what half-pixel nearest gives then
+        factor = size_out // size_in
+        shape = [-1 if d is None else d for d in x.shape]
+        single = tf.reshape(x, shape[:axis + 1] + [1] + shape[axis + 1:])  # not expand_dims: XNNPACK lacks it
+        repeated = tf.concat([single] * factor, axis=axis + 1)
+        return tf.reshape(repeated, shape[:axis] + [size_out] + shape[axis + 1:])
+    source = tf.minimum(tf.cast(tf.floor((tf.range(size_out, dtype=tf.float32) + 0.5) * size_in / size_out),
+                                tf.int32), size_in - 1)
+    return tf.gather(x, source, axis=axis)
 
 
 @dataclass(frozen=True)
@@ -85,10 +99,11 @@ class Fusion:
         return (channels,) if self.per_channel else ()
 
     def __call__(self, inputs: List[tf.Tensor], weights: List[tf.Variable]) -> tf.Tensor:
-        if self.normalize is None:
-            return tf.add_n(inputs)
-        normalized = self.normalize(tf.stack([tf.cast(w, inputs[0].dtype) for w in weights]))
-        return tf.add_n([normalized[i] * x for i, x in enumerate(inputs)])
+        if self.normalize is not None:
+            normalized = self.normalize(tf.stack([tf.cast(w, inputs[0].dtype) for w in weights]))
+            inputs = [normalized[i] * x for i, x in enumerate(inputs)]
+        # Chained adds rather than tf.add_n: TFLite has no integer ADD_N, so an int8 export would keep it in float.
+        return functools.reduce(tf.add, inputs)
 
 
 def _softmax(weights):

@@ -12,6 +12,7 @@ from effdet.artifacts import TRAINING_PLAN, checkpoint_dir
 from effdet.data.builder import build_labeler
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
+from effdet.eval.convert import calibration_of
 from effdet.eval.evaluate import evaluate_and_record, write_testdev_detections
 from effdet.hardware.workers import Workers, init_workers
 from effdet.model.builder import build_model
@@ -59,8 +60,9 @@ def _testdev(cfg: Any, source, where: str, workers: Workers) -> Dict[str, Any]:
     if not source.val_file_pattern:
         raise ConfigError(f"eval.testdev_dir: data '{source.name}' has no val_file_pattern (the test-dev images)")
     model, _, step = build_detector(cfg, where, cfg.eval.use_ema, key="eval.ckpt")
-    written = write_testdev_detections(model, source, build_labeler(cfg.model), cfg.data, cfg.eval,
-                                       cfg.eval.testdev_dir, workers)
+    labeler = build_labeler(cfg.model)
+    written = write_testdev_detections(model, source, labeler, cfg.data, cfg.eval, cfg.eval.testdev_dir, workers,
+                                       calibration_of(cfg, source, labeler))
     if workers.is_chief:
         print(f"test-dev detections of {written['num_images']} images ({written['num_detections']} detections, "
               f"step {step}): {written['path']}")

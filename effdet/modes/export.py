@@ -1,19 +1,27 @@
 """mode=export: a TF SavedModel that takes uint8 images and returns detections, pre- and post-processing
-inside; optionally a float32 TFLite model of the network, for XNNPACK."""
+inside; optionally the network alone as TFLite (float32, float16, int8) and ONNX files for other runtimes, and
+a report of the size, AP and latency of every form written (export.compare)."""
 import json
 import logging
 import os
-from typing import Any, Dict, Tuple
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
+from omegaconf import OmegaConf
 
-from effdet.artifacts import LABELS, SAVED_MODEL, TFLITE, TFLITE_ANCHORS_SUFFIX
+from effdet.artifacts import ANCHORS, EXPORT_REPORT, EXPORT_REPORT_JSON, LABELS, ONNX_MODEL, SAVED_MODEL, \
+    TFLITE_FILES
 from effdet.data.builder import build_labeler
 from effdet.data.pipeline import prepare_images
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
-from effdet.eval.engines import tflite_model
+from effdet.eval.convert import calibration_of, float_ops_of, import_optional, onnx_model, tflite_model, tflite_ops
+from effdet.eval.engines import ENGINES, OnnxNetwork, TFLiteNetwork, engine_threads
+from effdet.eval.evaluate import evaluate
 from effdet.eval.postprocess import postprocess
 from effdet.model.builder import image_size_of
 from effdet.model.detector import build_detector
@@ -52,19 +60,37 @@ class Detector(tf.Module):
                            original_sizes=original_sizes, **self.settings)
 
 
+@dataclass
+class Form:
+    """One exported form of the network, and how `eval.engine` runs it."""
+
+    name: str  # what the report calls it
+    path: str
+    engine: str
+    eval_overrides: Dict[str, Any]
+    megabytes: float
+
+
 @MODES.register("export")
 def export(cfg: Any, run_dir: str) -> Dict[str, Any]:
     export_cfg = cfg.export
     if not export_cfg.ckpt:
         raise ConfigError("mode=export needs export.ckpt: a checkpoint, a directory of checkpoints or a run dir")
+    quantizations = quantizations_of(export_cfg)
+    if export_cfg.onnx:
+        import_optional("tf2onnx", "export.onnx=true")
     model, prefix, step = build_detector(cfg, export_cfg.ckpt, export_cfg.use_ema, key="export.ckpt")
+    image_size = image_size_of(cfg.model)
     if cfg.eval.padding != "square":
-        log.warning("eval.padding=%s is for mode=eval and mode=infer: the SavedModel and the TFLite model take "
-                    "the square input (%s), whose network and anchors are fixed in them", cfg.eval.padding,
-                    "x".join(map(str, image_size_of(cfg.model))))
+        log.warning("eval.padding=%s is for mode=eval and mode=infer: the exported models take the square input "
+                    "(%s), whose network and anchors are fixed in them", cfg.eval.padding,
+                    "x".join(map(str, image_size)))
     source = build_source(cfg.data)
+    if export_cfg.compare and not (source.val_file_pattern and source.val_json_file):
+        raise ConfigError(f"export.compare=true evaluates on the val split, and data '{source.name}' has none with "
+                          "COCO ground truth (val_file_pattern and val_json_file)")
     labeler = build_labeler(cfg.model)
-    detector = Detector(model, labeler.anchors, source.num_classes, image_size_of(cfg.model), cfg.eval)
+    detector = Detector(model, labeler.anchors, source.num_classes, image_size, cfg.eval)
     output_dir = export_cfg.output_dir or os.path.join(run_dir, SAVED_MODEL)
     tf.saved_model.save(detector, output_dir, signatures={"serving_default": detector.serve})
     with open(os.path.join(output_dir, LABELS), "w") as handle:  # class id → name, for the model's users
@@ -73,23 +99,150 @@ def export(cfg: Any, run_dir: str) -> Dict[str, Any]:
              output_dir)
     print(f"SavedModel: {output_dir} (signature serving_default: images uint8 [B, H, W, 3] → boxes, scores, "
           "classes, num_detections)")
-    result = {"saved_model": output_dir, "step": step}
-    if export_cfg.tflite:
-        tflite_path = os.path.join(os.path.dirname(output_dir.rstrip("/")), TFLITE)
-        result["tflite"] = export_tflite(model, source.num_classes, image_size_of(cfg.model), labeler.anchors,
-                                         tflite_path)
-        print(f"TFLite (float32 network, XNNPACK-ready): {result['tflite']} (anchors: "
-              f"{os.path.splitext(tflite_path)[0]}{TFLITE_ANCHORS_SUFFIX})")
+    forms = [Form("SavedModel (TensorFlow)", output_dir, "tensorflow", {}, _megabytes(output_dir))]
+    export_dir = os.path.dirname(output_dir.rstrip("/"))
+    forms += write_network_files(cfg, model, source, labeler, export_dir, quantizations)
+    result: Dict[str, Any] = {"saved_model": output_dir, "step": step,
+                              "files": {form.name: form.path for form in forms}}
+    if export_cfg.compare:
+        rows = compare_forms(cfg, model, source, labeler, forms, export_cfg.latency_runs)
+        result["report"] = write_report(rows, export_dir, cfg, prefix, step)
     return result
 
 
-def export_tflite(model: tf.keras.Model, num_classes: int, image_size: Tuple[int, int], anchors, path: str) -> str:
-    """The network as a float32 TFLite model with static shapes and builtin ops only, so that TFLite's XNNPACK
-    delegate runs all of it (see `effdet.eval.engines.tflite_model` for its inputs and outputs), and its anchors
-    [N, 4] (ymin, xmin, ymax, xmax in input pixels) beside it, in the outputs' order, to decode the box codes.
-    Resizing, decoding and NMS stay outside: with them inside, the graph has dynamic shapes and XNNPACK declines
-    it, leaving the whole model to TFLite's slower reference kernels."""
-    with open(path, "wb") as handle:
-        handle.write(tflite_model(model, num_classes, image_size))
-    np.save(os.path.splitext(path)[0] + TFLITE_ANCHORS_SUFFIX, np.asarray(anchors, np.float32))
-    return path
+def write_network_files(cfg: Any, model: tf.keras.Model, source, labeler, export_dir: str,
+                        quantizations: List[str]) -> List[Form]:
+    """The network alone, as the TFLite forms export.quantize names and as ONNX, beside the anchors they share;
+    each file checked by its runtime."""
+    export_cfg = cfg.export
+    if not (export_cfg.tflite or export_cfg.onnx):
+        return []
+    image_size = image_size_of(cfg.model)
+    anchors_path = os.path.join(export_dir, ANCHORS)
+    np.save(anchors_path, np.asarray(labeler.anchors, np.float32))
+    print(f"anchors of the network files (ymin, xmin, ymax, xmax in input pixels, in the outputs' order): "
+          f"{anchors_path}")
+    forms = []
+    calibration = calibration_of(cfg, source, labeler) if export_cfg.tflite and "int8" in quantizations else None
+    for quantize in quantizations if export_cfg.tflite else []:
+        path = os.path.join(export_dir, TFLITE_FILES[quantize])
+        started = time.perf_counter()
+        flatbuffer = tflite_model(model, source.num_classes, image_size, quantize, calibration)
+        with open(path, "wb") as handle:
+            handle.write(flatbuffer)
+        log.info("converted %s in %.1f s", path, time.perf_counter() - started)
+        forms.append(Form(f"TFLite {'float32' if quantize == 'none' else quantize}", path, "tflite",
+                          {"tflite_quantize": path}, _megabytes(path)))
+        print(check_tflite(path, quantize, image_size))
+    if export_cfg.onnx:
+        path = os.path.join(export_dir, ONNX_MODEL)
+        serialized = onnx_model(model, source.num_classes, image_size)
+        with open(path, "wb") as handle:
+            handle.write(serialized)
+        forms.append(Form("ONNX (ONNX Runtime)", path, "onnxruntime", {"onnx_file": path}, _megabytes(path)))
+        print(check_onnx(path, image_size))
+    return forms
+
+
+def quantizations_of(export_cfg: Any) -> List[str]:
+    """export.quantize as a list of forms, each once, in the order given."""
+    value = export_cfg.quantize
+    values = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
+    if any(value != "none" for value in values) and not export_cfg.tflite:
+        raise ConfigError(f"export.quantize={export_cfg.quantize} names TFLite forms: add export.tflite=true")
+    return list(dict.fromkeys(values))
+
+
+def _megabytes(path: str) -> float:
+    if os.path.isdir(path):
+        size = sum(os.path.getsize(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names)
+    else:
+        size = os.path.getsize(path)
+    return size / 1e6
+
+
+def check_tflite(path: str, quantize: str, image_size: Tuple[int, int]) -> str:
+    """One line: the file's size, what its ops compute in, and that LiteRT loads and runs it."""
+    with open(path, "rb") as handle:
+        flatbuffer = handle.read()
+    line = f"TFLite {quantize if quantize != 'none' else 'float32'}: {path} ({len(flatbuffer) / 1e6:.1f} MB"
+    if quantize == "int8":
+        float_ops = float_ops_of(tflite_ops(flatbuffer))
+        line += ", integer ops only" if not float_ops else f", float32 ops kept: {', '.join(float_ops)}"
+    return line + f"); {_runs(TFLiteNetwork(flatbuffer, engine_threads()), 'LiteRT', image_size)}"
+
+
+def check_onnx(path: str, image_size: Tuple[int, int]) -> str:
+    line = f"ONNX: {path} ({os.path.getsize(path) / 1e6:.1f} MB)"
+    try:
+        with open(path, "rb") as handle:
+            network = OnnxNetwork(handle.read(), engine_threads())
+    except ConfigError as error:  # onnxruntime missing: the file is written, not checked
+        return f"{line}; not run: {error}"
+    return f"{line}; {_runs(network, 'ONNX Runtime', image_size)}"
+
+
+def _runs(network, runtime: str, image_size: Tuple[int, int]) -> str:
+    started = time.perf_counter()
+    logits, codes = network(np.zeros((1, *image_size, 3), np.uint8))
+    seconds = time.perf_counter() - started
+    if not (np.isfinite(logits.numpy()).all() and np.isfinite(codes.numpy()).all()):
+        raise RuntimeError(f"{runtime} ran the exported network and it gave non-finite outputs")
+    return (f"{runtime} runs it: logits {'x'.join(map(str, logits.shape))}, box codes "
+            f"{'x'.join(map(str, codes.shape))} ({seconds * 1000:.0f} ms)")
+
+
+def compare_forms(cfg: Any, model: tf.keras.Model, source, labeler, forms: List[Form], runs: int
+                  ) -> List[Dict[str, Any]]:
+    """Each form's COCO AP on the val split (its first eval.samples images), through the same input pipeline
+    and post-processing, and its network's median latency at batch 1 (pre- and post-processing, the same for
+    every form, left out)."""
+    image_size = image_size_of(cfg.model)
+    rows = []
+    for form in forms:
+        eval_cfg = OmegaConf.merge(cfg.eval, {"engine": form.engine, "padding": "square", **form.eval_overrides})
+        log.info("export.compare: evaluating %s", form.name)
+        result = evaluate(model, source, labeler, cfg.data, eval_cfg)
+        network = ENGINES.get(form.engine)(model, source.num_classes, image_size, eval_cfg, None)
+        rows.append({"form": form.name, "file": os.path.basename(form.path.rstrip("/")), "path": form.path,
+                     "megabytes": round(form.megabytes, 2), "AP": round(float(result["metrics"]["AP"]), 4),
+                     "AP50": round(float(result["metrics"]["AP50"]), 4), "images": result["num_images"],
+                     "latency_ms": round(network_latency(network, image_size, runs) * 1000, 2)})
+    return rows
+
+
+def network_latency(network, image_size: Tuple[int, int], runs: int) -> float:
+    """Median seconds of `runs` calls on one image, after two warm-up calls."""
+    image = np.random.default_rng(0).integers(0, 256, (1, *image_size, 3), dtype=np.uint8)
+    images = tf.constant(image)
+    for _ in range(2):
+        network(images)[0].numpy()
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        network(images)[0].numpy()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def write_report(rows: List[Dict[str, Any]], directory: str, cfg: Any, prefix: str, step: int) -> Dict[str, str]:
+    """export_report.md (a table to read before choosing what to ship) and export_report.json."""
+    reference = rows[0]
+    lines = [f"# Exported forms of {cfg.model.name}", "",
+             f"Checkpoint {prefix} (step {step}); COCO AP on {rows[0]['images']} val images of data "
+             f"'{cfg.data.name}'; network latency at batch 1, median of {cfg.export.latency_runs} runs, "
+             f"{engine_threads()} threads, pre- and post-processing left out.", "",
+             "| form | file | size (MB) | AP | AP50 | ΔAP | latency (ms) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['form']} | {row['file']} | {row['megabytes']:.2f} | {row['AP']:.4f} | {row['AP50']:.4f} "
+                     f"| {row['AP'] - reference['AP']:+.4f} | {row['latency_ms']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    paths = {"markdown": os.path.join(directory, EXPORT_REPORT), "json": os.path.join(directory, EXPORT_REPORT_JSON)}
+    with open(paths["markdown"], "w") as handle:
+        handle.write(text)
+    with open(paths["json"], "w") as handle:
+        json.dump({"checkpoint": prefix, "step": step, "threads": engine_threads(),
+                   "latency_runs": cfg.export.latency_runs, "forms": rows}, handle, indent=1)
+    print(text, end="")
+    print(f"export report: {paths['markdown']} (and {os.path.basename(paths['json'])})")
+    return paths

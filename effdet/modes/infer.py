@@ -14,6 +14,7 @@ from effdet.data.builder import build_labeler
 from effdet.data.pipeline import inference_example, padding_multiple
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
+from effdet.eval.convert import calibration_of
 from effdet.eval.evaluate import detector
 from effdet.model.builder import image_size_of
 from effdet.model.detector import build_detector
@@ -42,7 +43,7 @@ def infer(cfg: Any, run_dir: str) -> Dict[str, Any]:
 
     source = build_source(cfg.data)
     labeler = build_labeler(cfg.model)
-    detect = detector(model, labeler, source.num_classes, cfg.eval)
+    detect = detector(model, labeler, source.num_classes, cfg.eval, calibration_of(cfg, source, labeler))
     output_dir = infer_cfg.output_dir or os.path.join(run_dir, DETECTIONS_DIR)
     os.makedirs(output_dir, exist_ok=True)
     image_size = image_size_of(cfg.model)

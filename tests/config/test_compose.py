@@ -52,6 +52,12 @@ def test_an_unknown_key_in_a_group_fails_at_composition():
     ("model.act_type=gelu", "model.act_type"),
     ("hardware.intra_op_threads=-1", "hardware.intra_op_threads"),
     ("eval.engine=tflight", "eval.engine"),
+    ("eval.tflite_quantize=int4", "eval.tflite_quantize"),
+    ("eval.tflite_quantize=model.onnx", "eval.tflite_quantize"),
+    ("export.quantize=fp16", "export.quantize"),
+    ("export.quantize=[none,int4]", "export.quantize"),
+    ("export.quantize=[]", "export.quantize"),
+    ("export.calibration_samples=0", "export.calibration_samples"),
 ])
 def test_validate_names_the_bad_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
@@ -73,3 +79,11 @@ def test_every_experiment_preset_composes_and_validates(preset):
         assert compose([f"+experiment={preset}", "mode=eval"]).mode == "eval"  # the preset picks a mode, not forces it
     # a command-line override still wins over the preset
     assert compose([f"+experiment={preset}", "trainer.batch_size=2"]).trainer.batch_size == 2
+
+
+def test_quantizations_are_named_or_a_file_and_export_takes_a_list_of_them():
+    validate(compose(["eval.engine=tflite", "eval.tflite_quantize=runs/x/model_int8.tflite"]))
+    validate(compose(["export.tflite=true", "export.quantize=[none,float16,int8]"]))
+    with pytest.raises(ConfigError, match=r"eval.tflite_quantize=int4 is not valid: choose one of none, float16, "
+                                          r"int8, or the path of a .tflite file"):
+        validate(compose(["eval.tflite_quantize=int4"]))

@@ -100,7 +100,7 @@ def test_lite_variants_use_relu6_and_no_squeeze_excite():
     assert model.backbone.stem.activation is tf.nn.relu6
 
 
-@pytest.mark.parametrize("size_in, size_out", [(4, 8), (3, 5), (5, 10), (2, 3)])
+@pytest.mark.parametrize("size_in, size_out", [(4, 8), (3, 5), (5, 10), (2, 3), (2, 6)])
 def test_upsampling_equals_tensorflows_nearest_resize(size_in, size_out):
     from effdet.model.bifpn import upsample_nearest
 

@@ -9,11 +9,12 @@ from PIL import Image
 
 from effdet.data.builder import build_labeler
 from effdet.data.pipeline import inference_example, prepare_images
-from effdet.eval.engines import TFLiteNetwork, tflite_interpreter
+from effdet.eval.convert import tflite_model, tflite_ops
+from effdet.eval.engines import TFLiteNetwork
 from effdet.eval.evaluate import detector
 from effdet.eval.postprocess import flatten_outputs, input_extent
 from effdet.model.builder import build_model, image_size_of
-from effdet.modes.export import Detector, export_tflite
+from effdet.modes.export import Detector
 from tests.conftest import compose
 
 
@@ -54,18 +55,17 @@ def test_the_reloaded_saved_model_detects_what_the_model_in_process_detects(expo
     assert boxes[..., 2].max() <= height and boxes[..., 3].max() <= width  # in the input's own pixels
 
 
-def test_tflite_network_gives_the_keras_outputs_and_its_anchors(exported, tmp_path):
+def test_tflite_network_gives_the_keras_outputs(exported):
     cfg, model, labeler, _ = exported
-    path = export_tflite(model, 6, image_size_of(cfg.model), labeler.anchors, str(tmp_path / "model.tflite"))
+    flatbuffer = tflite_model(model, 6, image_size_of(cfg.model))
     pixels = pictures(128, 128, count=1, seed=3)
-    with open(path, "rb") as handle:
-        logits, codes = TFLiteNetwork(handle.read())(pixels)
-    ops = {op["op_name"] for op in tflite_interpreter(model_path=path)._get_ops_details()}
+    logits, codes = TFLiteNetwork(flatbuffer)(pixels)
+    ops = tflite_ops(flatbuffer)
     assert "DEPTHWISE_CONV_2D" in ops and not any(op.startswith("Flex") for op in ops)  # builtins: XNNPACK runs it
     class_outputs, box_outputs = model(pixels, training=False)
     np.testing.assert_allclose(logits.numpy(), flatten_outputs(class_outputs, 6).numpy(), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(codes.numpy(), flatten_outputs(box_outputs, 4).numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(np.load(str(tmp_path / "model.anchors.npy")), labeler.anchors)
+    assert logits.shape[1] == labeler.anchors.shape[0]  # in anchor order
 
 
 def test_the_tflite_engine_detects_what_the_tensorflow_engine_detects(exported, monkeypatch):
@@ -129,3 +129,14 @@ def _png(image):
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def test_quantized_forms_need_the_tflite_export_and_are_each_written_once():
+    from effdet.errors import ConfigError
+    from effdet.modes.export import quantizations_of
+
+    with pytest.raises(ConfigError, match=r"export.quantize=int8 names TFLite forms: add export.tflite=true"):
+        quantizations_of(compose(["export.quantize=int8"]).export)
+    assert quantizations_of(compose(["export.tflite=true", "export.quantize=[int8,none,int8]"]).export) == \
+        ["int8", "none"]
+    assert quantizations_of(compose([]).export) == ["none"]  # export.tflite=false then writes none of them
