@@ -61,7 +61,11 @@ class TFLiteNetwork:
         self.flatbuffer = flatbuffer
         self.threads = threads or len(os.sched_getaffinity(0))
         self._interpreters: Dict[int, Any] = {}
-        probe = self._interpreter(1)
+        # Read without delegating or allocating: the batch sizes met later each get their own interpreter.
+        from ai_edge_litert.interpreter import OpResolverType
+
+        probe = tflite_interpreter(model_content=flatbuffer,
+                                   experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
         self.input = probe.get_input_details()[0]
         self.input_size = tuple(int(d) for d in self.input["shape"][1:3])
         self.outputs = probe.get_output_details()
