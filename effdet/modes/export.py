@@ -231,7 +231,8 @@ def write_report(rows: List[Dict[str, Any]], directory: str, cfg: Any, prefix: s
     lines = [f"# Exported forms of {cfg.model.name}", "",
              f"Checkpoint {prefix} (step {step}); COCO AP on {rows[0]['images']} val images of data "
              f"'{cfg.data.name}'; network latency at batch 1, median of {cfg.export.latency_runs} runs, "
-             f"{engine_threads()} threads, pre- and post-processing left out.", "",
+             f"{engine_threads()} threads, pre- and post-processing left out (the SavedModel's row: its network, "
+             "the same weights, run by TensorFlow).", "",
              "| form | file | size (MB) | AP | AP50 | ΔAP | latency (ms) |", "|---|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['form']} | {row['file']} | {row['megabytes']:.2f} | {row['AP']:.4f} | {row['AP50']:.4f} "
