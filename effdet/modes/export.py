@@ -133,14 +133,14 @@ def write_network_files(cfg: Any, model: tf.keras.Model, source, labeler, export
         log.info("converted %s in %.1f s", path, time.perf_counter() - started)
         forms.append(Form(f"TFLite {'float32' if quantize == 'none' else quantize}", path, "tflite",
                           {"tflite_quantize": path}, _megabytes(path)))
-        print(check_tflite(path, quantize, image_size))
+        print(check_tflite(flatbuffer, path, quantize, image_size))
     if export_cfg.onnx:
         path = os.path.join(export_dir, ONNX_MODEL)
         serialized = onnx_model(model, source.num_classes, image_size)
         with open(path, "wb") as handle:
             handle.write(serialized)
         forms.append(Form("ONNX (ONNX Runtime)", path, "onnxruntime", {"onnx_file": path}, _megabytes(path)))
-        print(check_onnx(path, image_size))
+        print(check_onnx(serialized, path, image_size))
     return forms
 
 
@@ -161,10 +161,8 @@ def _megabytes(path: str) -> float:
     return size / 1e6
 
 
-def check_tflite(path: str, quantize: str, image_size: Tuple[int, int]) -> str:
+def check_tflite(flatbuffer: bytes, path: str, quantize: str, image_size: Tuple[int, int]) -> str:
     """One line: the file's size, what its ops compute in, and that LiteRT loads and runs it."""
-    with open(path, "rb") as handle:
-        flatbuffer = handle.read()
     line = f"TFLite {quantize if quantize != 'none' else 'float32'}: {path} ({len(flatbuffer) / 1e6:.1f} MB"
     if quantize == "int8":
         float_ops = float_ops_of(tflite_ops(flatbuffer))
@@ -172,11 +170,10 @@ def check_tflite(path: str, quantize: str, image_size: Tuple[int, int]) -> str:
     return line + f"); {_runs(TFLiteNetwork(flatbuffer, engine_threads()), 'LiteRT', image_size)}"
 
 
-def check_onnx(path: str, image_size: Tuple[int, int]) -> str:
-    line = f"ONNX: {path} ({os.path.getsize(path) / 1e6:.1f} MB)"
+def check_onnx(serialized: bytes, path: str, image_size: Tuple[int, int]) -> str:
+    line = f"ONNX: {path} ({len(serialized) / 1e6:.1f} MB)"
     try:
-        with open(path, "rb") as handle:
-            network = OnnxNetwork(handle.read(), engine_threads())
+        network = OnnxNetwork(serialized, engine_threads())
     except ConfigError as error:  # onnxruntime missing: the file is written, not checked
         return f"{line}; not run: {error}"
     return f"{line}; {_runs(network, 'ONNX Runtime', image_size)}"

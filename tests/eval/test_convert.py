@@ -230,3 +230,10 @@ def test_calibration_takes_the_first_train_images_prepared_as_eval(tmp_path):
     assert not calibration_of(cfg, source, build_labeler(cfg.model)).fallback
     pinned = list(convert._pinned_range(iter(images)))
     assert pinned[0].min() == 0 and pinned[0].max() == 255 and pinned[0].dtype == np.float32
+
+
+def test_fake_data_calibrates_on_its_random_pictures():
+    cfg = compose([*TINY, "data=fake", "data.num_examples_per_epoch=8", "export.calibration_samples=2"])
+    source = build_source(cfg.data)
+    images = list(calibration_of(cfg, source, build_labeler(cfg.model)).images((128, 128)))
+    assert len(images) == 2 and images[0].shape == (1, 128, 128, 3) and images[0].dtype == np.uint8
