@@ -99,6 +99,7 @@ HPARAMS = {
     "nms_configs.method": "eval.nms", "nms_configs.iou_thresh": "eval.iou_threshold",
     "nms_configs.sigma": "eval.soft_nms_sigma", "nms_configs.score_thresh": "eval.score_threshold",
     "nms_configs.max_output_size": "eval.max_detections", "lr_decay_method": "optimizer.schedule",
+    "grad_checkpoint": "trainer.recompute",
 }
 
 
@@ -178,6 +179,8 @@ def translate_hparams(text: str) -> List[str]:
                               + f". Known: {', '.join(sorted(HPARAMS))}. Pass run.py overrides instead")
         if key == "nms_configs.method":  # automl's names for its two methods
             value = {"gaussian": "soft", "hard": "hard"}.get(value, value)
+        if key == "grad_checkpoint":  # automl recomputes its EfficientNet blocks
+            value = {"true": "backbone", "false": "none"}.get(value.lower(), value)
         overrides.append(f"{HPARAMS[key]}={value}")
     return overrides
 

@@ -18,7 +18,8 @@ def test_a_habana_script_of_the_seed_translates_to_overrides_that_compose():
         "--backbone_ckpt=/ckpt/efficientnet-b0", "--cp_every_n_steps=500", "--keep_checkpoint_max=3",
         "--log_every_n_steps=50", "--iterations_per_loop=10", "--noeval_after_training", "--eval_samples=500",
         "--eval_timeout=600", "--min_eval_interval=60", "--use_amp", "--deterministic", "--use_horovod", "4",
-        "--hls_type=HLS1-H", "--hparams=image_size=640,moving_average_decay=0.999,nms_configs.method=gaussian"])
+        "--hls_type=HLS1-H",
+        "--hparams=image_size=640,moving_average_decay=0.999,nms_configs.method=gaussian,grad_checkpoint=True"])
     assert overrides == [
         "hardware=hls1h", "hardware.num_workers=4", "mode=train_and_eval", "model=efficientdet-d0",
         "trainer.batch_size=8", "eval.batch_size=4", "trainer.num_epochs=300", "data.num_examples_per_epoch=117266",
@@ -28,7 +29,7 @@ def test_a_habana_script_of_the_seed_translates_to_overrides_that_compose():
         "trainer.keep_checkpoint_max=3", "trainer.log_every_n_steps=50", "trainer.steps_per_loop=10",
         "trainer.eval_after_training=false", "eval.samples=500", "eval.timeout=600", "eval.min_interval=60",
         "trainer.precision=mixed_bfloat16", "trainer.deterministic=true", "data.deterministic=true",
-        "model.image_size=640", "trainer.ema_decay=0.999", "eval.nms=soft"]
+        "model.image_size=640", "trainer.ema_decay=0.999", "eval.nms=soft", "trainer.recompute=backbone"]
     cfg = compose([o for o in overrides if not o.startswith("hydra.")] + ["data=coco"])
     validate(cfg)
     assert cfg.hardware.num_workers == 4 and cfg.trainer.precision == "mixed_bfloat16"

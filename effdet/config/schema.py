@@ -181,6 +181,9 @@ class TrainerConfig:
     precision: str = one_of("${hardware.precision}", PRECISIONS)  # default: the device's (conf/hardware)
     xla: bool = "${hardware.xla}"  # default: the device's
     steps_per_loop: int = positive(1)
+    # none | backbone (each EfficientNet block) | all (also each BiFPN cell and head tower): activations
+    # recomputed in the backward pass instead of kept, for less memory at the cost of a second forward pass
+    recompute: str = one_of("none", "effdet.model.recompute:RECOMPUTE_SCOPES")
     checkpoint_every_n_steps: int = positive(1000)
     keep_checkpoint_max: int = positive(5)
     log_every_n_steps: int = positive(100)

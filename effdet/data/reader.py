@@ -134,6 +134,12 @@ class CorruptRecords:
         with self._lock:
             return self._verified.setdefault(version, set())
 
+    def reset(self) -> None:
+        """Forgets the records met so far, before another pass of the same dataset whose counts must be its own
+        (an evaluation's). What was learnt about the shards (sizes, verified records, where bad ones end) stays."""
+        with self._lock:
+            self.records_read, self.corrupt, self.shards = 0, 0, {}
+
     # read by the run
 
     def counts(self) -> dict:

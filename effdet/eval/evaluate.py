@@ -60,26 +60,56 @@ def detect_split(model, source: DataSource, labeler: AnchorLabeler, data_cfg: An
                  workers: Workers = Workers(), calibration: Optional[Calibration] = None
                  ) -> Tuple[List[dict], List[int], dict]:
     """Detections on the val split (its first eval.samples images) as COCO results rows, the ids of the
-    images run, and the bad val records skipped (merged over workers). With several workers each runs its own
-    shard and every worker gets everybody's, in rank order. With data.on_corrupt=stop a bad record stops it with
-    CorruptDataError, on every worker; with skip the metrics are over the images detected (a run that trained for
-    days keeps its final evaluation), and the warning says how many bad records were skipped."""
-    detect = detector(model, labeler, source.num_classes, eval_cfg, calibration)
-    pipeline = build_input(data_cfg, source, labeler, "val")
-    rows, image_ids = [], []
-    batches = pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples, eval_cfg.padding)
-    for images, batch in readable_batches(batches, pipeline.corrupt):
-        detections = detect(images, batch["image_scale"], batch["original_size"])
-        ids = [image_id_of(source_id) for source_id in batch["source_id"].numpy()]
-        rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, ids))
-        image_ids.extend(ids)
-    parts = [(rows, image_ids, pipeline.corrupt.counts())] if workers.size == 1 else \
-        workers.gather((rows, image_ids, pipeline.corrupt.counts()))
-    corrupt = merge_counts([part[2] for part in parts])
-    problem = stop_reason(corrupt, "stop", 0.0) if data_cfg.on_corrupt == "stop" else None
-    if problem:
-        raise CorruptDataError(f"{problem}. Run mode=check_data to list every bad record")
-    return [row for part in parts for row in part[0]], [image_id for part in parts for image_id in part[1]], corrupt
+    images run, and the bad val records skipped (merged over workers): one pass of a `SplitDetector`."""
+    return SplitDetector(model, source, labeler, data_cfg, eval_cfg, workers, calibration)()
+
+
+class SplitDetector:
+    """Detects on the val split, pass after pass (each call one pass: see `__call__`), for a job that evaluates
+    one model again and again as its weights change (train_and_eval, continuous evaluation). The input pipeline,
+    its dataset and the detector's traced functions are built once: built anew for every evaluation, each would
+    be traced again, and TensorFlow keeps some of what it traced for as long as the process lives (every
+    `from_generator` a shard reader makes, with what its generator holds). The tensorflow engine's network reads
+    the model's variables when it runs; the other engines convert the weights, so they get a new network for
+    every pass."""
+
+    def __init__(self, model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
+                 workers: Workers = Workers(), calibration: Optional[Calibration] = None):
+        self.model, self.source, self.labeler, self.data_cfg, self.eval_cfg = model, source, labeler, data_cfg, eval_cfg
+        self.workers, self.calibration = workers, calibration
+        self.pipeline = build_input(data_cfg, source, labeler, "val")
+        self.batches = self.pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples,
+                                          eval_cfg.padding)
+        self._detect = None
+
+    def _detector(self):
+        if self._detect is None or self.eval_cfg.engine != "tensorflow":
+            self._detect = detector(self.model, self.labeler, self.source.num_classes, self.eval_cfg,
+                                    self.calibration)
+        return self._detect
+
+    def __call__(self) -> Tuple[List[dict], List[int], dict]:
+        """One pass: the rows, the image ids and the bad records of this pass. With several workers each runs
+        its own shard and every worker gets everybody's, in rank order. With data.on_corrupt=stop a bad record
+        stops it with CorruptDataError, on every worker; with skip the metrics are over the images detected (a
+        run that trained for days keeps its final evaluation), and the warning says how many bad records were
+        skipped."""
+        detect, corrupt_records, workers = self._detector(), self.pipeline.corrupt, self.workers
+        corrupt_records.reset()  # what this pass meets, not the passes before it too
+        rows, image_ids = [], []
+        for images, batch in readable_batches(self.batches, corrupt_records):
+            detections = detect(images, batch["image_scale"], batch["original_size"])
+            ids = [image_id_of(source_id) for source_id in batch["source_id"].numpy()]
+            rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, ids))
+            image_ids.extend(ids)
+        parts = [(rows, image_ids, corrupt_records.counts())] if workers.size == 1 else \
+            workers.gather((rows, image_ids, corrupt_records.counts()))
+        corrupt = merge_counts([part[2] for part in parts])
+        problem = stop_reason(corrupt, "stop", 0.0) if self.data_cfg.on_corrupt == "stop" else None
+        if problem:
+            raise CorruptDataError(f"{problem}. Run mode=check_data to list every bad record")
+        return [row for part in parts for row in part[0]], [image_id for part in parts for image_id in part[1]], \
+            corrupt
 
 
 def readable_batches(batches, corrupt: CorruptRecords):
@@ -100,12 +130,14 @@ def readable_batches(batches, corrupt: CorruptRecords):
 
 def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
              detections_path: Optional[str] = None, workers: Workers = Workers(),
-             calibration: Optional[Calibration] = None) -> Dict[str, Any]:
+             calibration: Optional[Calibration] = None, split: Optional[SplitDetector] = None) -> Dict[str, Any]:
     """COCO metrics of `model` on the val split; the detections go to `detections_path` (COCO results JSON).
-    Every worker detects its shard; rank 0 scores them all (the others return {})."""
+    Every worker detects its shard; rank 0 scores them all (the others return {}). `split`: a `SplitDetector`
+    of this model kept from an earlier evaluation (default: a new one)."""
     if not source.val_json_file:
         raise ValueError(f"data '{source.name}' has no val_json_file (COCO-format ground truth) to score against")
-    rows, image_ids, corrupt = detect_split(model, source, labeler, data_cfg, eval_cfg, workers, calibration)
+    split = split or SplitDetector(model, source, labeler, data_cfg, eval_cfg, workers, calibration)
+    rows, image_ids, corrupt = split()
     if not workers.is_chief:
         return {}
     evaluator = CocoEvaluator(source.val_json_file)
@@ -139,37 +171,71 @@ def write_testdev_detections(model, source: DataSource, labeler: AnchorLabeler, 
 
 def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabeler, workers: Workers,
                         run_dir: str, step: int) -> Dict[str, Any]:
-    """Evaluates (every worker its shard; rank 0 scores and records). Appends the metrics to metrics.jsonl and
-    TensorBoard, redraws ap_over_steps.png, and keeps the detections and per-class AP under eval/step_N/."""
-    # Every worker evaluates rank 0's model, the one its checkpoints hold: with plain batch norm each worker's
-    # moving statistics followed its own batches.
-    workers.broadcast(model.variables)
-    details_dir = eval_step_dir(run_dir, step)
-    if workers.is_chief:
-        os.makedirs(details_dir, exist_ok=True)
-    result = evaluate(model, source, labeler, cfg.data, cfg.eval,
-                      detections_path=os.path.join(details_dir, STEP_DETECTIONS), workers=workers,
-                      calibration=calibration_of(cfg, source, labeler))
-    if workers.is_chief:
-        metrics = result["metrics"]
-        record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}
-        with open(os.path.join(details_dir, STEP_METRICS), "w") as handle:
-            json.dump({"step": step, "num_images": result["num_images"],
-                       "corrupt_records": result["corrupt_records"], **metrics}, handle, indent=1)
-        write_per_class_ap(result["per_class_ap"], os.path.join(details_dir, PER_CLASS_AP))
-        metrics_path = os.path.join(run_dir, METRICS)
-        with open(metrics_path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        plot_ap_over_steps(read_metrics(metrics_path), os.path.join(run_dir, AP_OVER_STEPS))
-        with tf.summary.create_file_writer(os.path.join(run_dir, TENSORBOARD)).as_default(step=step):
-            for key, value in record.items():
-                if key != "step":
-                    tf.summary.scalar(f"eval/{key}", value)
-        log.info("COCO evaluation at step %d on %d images:\n%s", step, result["num_images"], result["summary_text"])
-        log.info("AP per class (IoU .50:.95):\n%s", per_class_table(result["per_class_ap"]))
-        print(format_metrics(record))
-    workers.barrier()
-    return result
+    """One evaluation, recorded (see `RecordedEvaluations`, which a job that evaluates more than once keeps)."""
+    with RecordedEvaluations(cfg, model, source, labeler, workers, run_dir) as evaluations:
+        return evaluations(step)
+
+
+class RecordedEvaluations:
+    """Evaluates `model` (every worker its shard; rank 0 scores and records) each time it is called with a step.
+    Appends the metrics to metrics.jsonl and TensorBoard, redraws ap_over_steps.png, and keeps the detections and
+    per-class AP under eval/step_N/. What the evaluations share is built once: the `SplitDetector` and, on rank
+    0, one TensorBoard writer (one per evaluation would each leave an events file). `close()` (or the `with`
+    block's end) closes the writer."""
+
+    def __init__(self, cfg: Any, model, source: DataSource, labeler: AnchorLabeler, workers: Workers, run_dir: str):
+        self.cfg, self.model, self.source, self.labeler, self.workers, self.run_dir = \
+            cfg, model, source, labeler, workers, run_dir
+        self.split = SplitDetector(model, source, labeler, cfg.data, cfg.eval, workers,
+                                   calibration_of(cfg, source, labeler))
+        self.writer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.close()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def __call__(self, step: int) -> Dict[str, Any]:
+        cfg, run_dir, workers = self.cfg, self.run_dir, self.workers
+        # Every worker evaluates rank 0's model, the one its checkpoints hold: with plain batch norm each worker's
+        # moving statistics followed its own batches.
+        workers.broadcast(self.model.variables)
+        details_dir = eval_step_dir(run_dir, step)
+        if workers.is_chief:
+            os.makedirs(details_dir, exist_ok=True)
+        result = evaluate(self.model, self.source, self.labeler, cfg.data, cfg.eval,
+                          detections_path=os.path.join(details_dir, STEP_DETECTIONS), workers=workers,
+                          split=self.split)
+        if workers.is_chief:
+            metrics = result["metrics"]
+            record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}
+            with open(os.path.join(details_dir, STEP_METRICS), "w") as handle:
+                json.dump({"step": step, "num_images": result["num_images"],
+                           "corrupt_records": result["corrupt_records"], **metrics}, handle, indent=1)
+            write_per_class_ap(result["per_class_ap"], os.path.join(details_dir, PER_CLASS_AP))
+            metrics_path = os.path.join(run_dir, METRICS)
+            with open(metrics_path, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            plot_ap_over_steps(read_metrics(metrics_path), os.path.join(run_dir, AP_OVER_STEPS))
+            if self.writer is None:
+                self.writer = tf.summary.create_file_writer(os.path.join(run_dir, TENSORBOARD))
+            with self.writer.as_default(step=step):
+                for key, value in record.items():
+                    if key != "step":
+                        tf.summary.scalar(f"eval/{key}", value)
+            self.writer.flush()
+            log.info("COCO evaluation at step %d on %d images:\n%s", step, result["num_images"],
+                     result["summary_text"])
+            log.info("AP per class (IoU .50:.95):\n%s", per_class_table(result["per_class_ap"]))
+            print(format_metrics(record))
+        workers.barrier()
+        return result
 
 
 def format_metrics(record: Dict[str, float]) -> str:

@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import tensorflow as tf
 
 from effdet.model.layers import NormFactory
+from effdet.model.recompute import Recomputable
 from effdet.registry import Registry
 
 FUSIONS = Registry("BiFPN fusion method")
@@ -162,7 +163,7 @@ class FusionNodeLayer(tf.keras.layers.Layer):
         return self.combine(self.fusion(inputs, self.fusion_weights), training=training)
 
 
-class BiFPNCell(tf.keras.layers.Layer):
+class BiFPNCell(Recomputable, tf.keras.layers.Layer):
     def __init__(self, min_level: int, max_level: int, channels: int, fusion: str, activation: Callable,
                  norm: NormFactory, **kwargs):
         super().__init__(**kwargs)
@@ -175,6 +176,9 @@ class BiFPNCell(tf.keras.layers.Layer):
         ]
 
     def call(self, features: List[tf.Tensor], training=None) -> List[tf.Tensor]:
+        return self.maybe_recomputed(lambda *levels: self._forward(levels, training), features, training)
+
+    def _forward(self, features: Sequence[tf.Tensor], training) -> List[tf.Tensor]:
         features = list(features)
         sizes = {level: features[i].shape[1:3] for i, level in enumerate(range(self.min_level, self.max_level + 1))}
         for node, fnode in zip(self.nodes, self.fnodes):

@@ -12,6 +12,7 @@ from effdet.model.bifpn import BiFPNCell, Resample
 from effdet.model.efficientnet import BACKBONES
 from effdet.model.heads import box_head, class_head
 from effdet.model.layers import ACTIVATIONS, NormFactory
+from effdet.model.recompute import random_streams
 
 
 def _default(key: str):
@@ -65,6 +66,12 @@ class EfficientDet(tf.keras.Model):
         self.box_net = box_head(**head_args)
 
     def call(self, images, training=None):
+        if training is not True:
+            return self._forward(images, training)
+        with random_streams(tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)):
+            return self._forward(images, training)
+
+    def _forward(self, images, training):
         dtype = self.compute_dtype
         x = (tf.cast(images, tf.float32) - self.mean_rgb) / self.stddev_rgb
         levels = self.backbone(tf.cast(x, dtype), training=training)

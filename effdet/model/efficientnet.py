@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from effdet.config.schema import ModelConfig, default_of
 from effdet.model.layers import ACTIVATIONS, DropConnect, NormFactory, conv_kernel_initializer
+from effdet.model.recompute import Recomputable
 from effdet.registry import Registry
 
 BACKBONES = Registry("backbone")
@@ -91,7 +92,7 @@ class SqueezeExcite(tf.keras.layers.Layer):
         return inputs * tf.sigmoid(self.expand(self.activation(self.reduce(squeezed))))
 
 
-class MBConvBlock(tf.keras.layers.Layer):
+class MBConvBlock(Recomputable, tf.keras.layers.Layer):
     """Inverted-residual block: expand (1×1) → depthwise → squeeze-excite → project (1×1)."""
 
     def __init__(self, input_filters, output_filters, kernel_size, stride, expand_ratio, se_ratio,
@@ -123,6 +124,9 @@ class MBConvBlock(tf.keras.layers.Layer):
         self.drop_connect = DropConnect(survival_prob) if self.residual and survival_prob < 1 else None
 
     def call(self, inputs, training=None):
+        return self.maybe_recomputed(lambda x: [self._forward(x, training)], [inputs], training)[0]
+
+    def _forward(self, inputs, training):
         x = inputs
         if self.expand is not None:
             x = self.activation(self.expand_norm(self.expand(x), training=training))
@@ -137,7 +141,7 @@ class MBConvBlock(tf.keras.layers.Layer):
         return x
 
 
-class Stem(tf.keras.layers.Layer):
+class Stem(Recomputable, tf.keras.layers.Layer):
     def __init__(self, filters: int, activation, norm: NormFactory, **kwargs):
         super().__init__(**kwargs)
         self.activation = activation
@@ -146,6 +150,9 @@ class Stem(tf.keras.layers.Layer):
         self.norm = norm("tpu_batch_normalization")
 
     def call(self, inputs, training=None):
+        return self.maybe_recomputed(lambda x: [self._forward(x, training)], [inputs], training)[0]
+
+    def _forward(self, inputs, training):
         return self.activation(self.norm(self.conv(inputs), training=training))
 
 

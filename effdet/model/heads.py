@@ -5,11 +5,13 @@ from typing import Callable, List
 import tensorflow as tf
 
 from effdet.model.layers import DropConnect, NormFactory
+from effdet.model.recompute import Recomputable
 
 
-class SharedHead(tf.keras.layers.Layer):
+class SharedHead(Recomputable, tf.keras.layers.Layer):
     """`repeats` × (separable conv → per-level BN → activation), then a separable conv predicting
-    `outputs_per_anchor × num_anchors` values at every position of every level."""
+    `outputs_per_anchor × num_anchors` values at every position of every level. Recomputation, when on, is
+    per level: one level's tower at a time."""
 
     def __init__(self, prefix: str, outputs: int, channels: int, repeats: int, min_level: int, max_level: int,
                  activation: Callable, norm: NormFactory, bias_init: float = 0.0, survival_prob: float = 1.0,
@@ -29,15 +31,17 @@ class SharedHead(tf.keras.layers.Layer):
             outputs, bias_initializer=tf.constant_initializer(bias_init), name=f"{prefix}-predict", **separable)
 
     def call(self, features: List[tf.Tensor], training=None) -> List[tf.Tensor]:
-        outputs = []
-        for level_index, x in enumerate(features):
-            for i, conv in enumerate(self.convs):
-                residual = x
-                x = self.activation(self.norms[i][level_index](conv(x), training=training))
-                if i > 0 and self.drop_connect is not None:
-                    x = self.drop_connect(x, training=training) + residual
-            outputs.append(self.predict(x))
-        return outputs
+        return [self.maybe_recomputed(lambda x, level=level_index: [self._tower(level, x, training)], [x],
+                                      training)[0]
+                for level_index, x in enumerate(features)]
+
+    def _tower(self, level_index: int, x: tf.Tensor, training) -> tf.Tensor:
+        for i, conv in enumerate(self.convs):
+            residual = x
+            x = self.activation(self.norms[i][level_index](conv(x), training=training))
+            if i > 0 and self.drop_connect is not None:
+                x = self.drop_connect(x, training=training) + residual
+        return self.predict(x)
 
 
 def class_head(num_classes: int, num_anchors: int, **kwargs) -> SharedHead:

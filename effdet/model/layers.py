@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from effdet.config.schema import BatchNormConfig, default_of
+from effdet.model.recompute import RecomputeAwareNorm, random_uniform
 from effdet.registry import Registry
 
 ACTIVATIONS = Registry("activation")
@@ -25,9 +26,16 @@ ACTIVATIONS.register("relu")(tf.nn.relu)
 ACTIVATIONS.register("relu6")(tf.nn.relu6)
 
 
+class BatchNormalization(RecomputeAwareNorm, tf.keras.layers.BatchNormalization):
+    """Keras's batch norm, which leaves its moving statistics alone while a block is recomputed."""
+
+
 @NORMALIZATIONS.register("batch_norm")
 def keras_batch_norm(name: str, momentum: float, epsilon: float, **kwargs):
-    return tf.keras.layers.BatchNormalization(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
+    return BatchNormalization(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
+
+
+_sync_batch_norm = None  # the class, made on first use: Horovod is imported only when a model asks for it
 
 
 @NORMALIZATIONS.register("sync_batch_norm")
@@ -40,7 +48,11 @@ def sync_batch_norm(name: str, momentum: float, epsilon: float, **kwargs):
             "model.batch_norm=sync_batch_norm needs Horovod (pip install horovod==0.28.1, see README); "
             f"importing it failed: {error}"
         ) from error
-    return hvd.SyncBatchNormalization(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
+    global _sync_batch_norm
+    if _sync_batch_norm is None:
+        _sync_batch_norm = type("SyncBatchNormalization", (RecomputeAwareNorm, hvd.SyncBatchNormalization),
+                                {"__doc__": "Horovod's synchronized batch norm, aware of recomputation."})
+    return _sync_batch_norm(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
 
 
 class NormFactory:
@@ -76,5 +88,6 @@ class DropConnect(tf.keras.layers.Layer):
         if not training or self.survival_prob >= 1.0:
             return inputs
         batch = tf.shape(inputs)[0]
-        keep = tf.floor(self.survival_prob + tf.random.uniform([batch, 1, 1, 1], dtype=inputs.dtype))
+        # the same mask when the block is recomputed (effdet/model/recompute.py)
+        keep = tf.floor(self.survival_prob + random_uniform([batch, 1, 1, 1], dtype=inputs.dtype))
         return inputs / self.survival_prob * keep

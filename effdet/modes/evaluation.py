@@ -13,7 +13,7 @@ from effdet.data.builder import build_labeler
 from effdet.data.sources import build_source
 from effdet.errors import ConfigError
 from effdet.eval.convert import calibration_of
-from effdet.eval.evaluate import evaluate_and_record, write_testdev_detections
+from effdet.eval.evaluate import RecordedEvaluations, evaluate_and_record, write_testdev_detections
 from effdet.hardware.workers import Workers, init_workers
 from effdet.model.builder import build_model
 from effdet.model.detector import build_detector, restore_for_inference
@@ -37,19 +37,24 @@ def evaluate_checkpoint(cfg: Any, run_dir: str) -> Dict[str, Any]:
     labeler = build_labeler(cfg.model)
     where = cfg.eval.ckpt or run_dir
 
-    def evaluate(model, prefix: str, step: int) -> int:
+    def evaluate(model, prefix: str, step: int, evaluations: Optional[RecordedEvaluations] = None) -> int:
         log.info("evaluating %s (%s weights, step %d)", prefix, "EMA" if cfg.eval.use_ema else "raw", step)
-        evaluate_and_record(cfg, model, source, labeler, workers, run_dir, step)
+        if evaluations is None:
+            evaluate_and_record(cfg, model, source, labeler, workers, run_dir, step)
+        else:
+            evaluations(step)
         return step
 
-    if cfg.eval.continuous:  # one network, into which each new checkpoint is restored
+    if cfg.eval.continuous:  # one network, into which each new checkpoint is restored, evaluated by one recorder
         model = build_model(cfg.model, source.num_classes)
         final_step = planned_total_steps(where)
         log.info("watching %s for new checkpoints%s", where, f" until step {final_step}" if final_step else "")
-        evaluated = watch_checkpoints(
-            lambda: latest_checkpoint_in(where),
-            lambda prefix: evaluate(model, prefix, restore_for_inference(model, prefix, use_ema=cfg.eval.use_ema)),
-            cfg.eval.min_interval, cfg.eval.timeout, final_step)
+        with RecordedEvaluations(cfg, model, source, labeler, workers, run_dir) as evaluations:
+            evaluated = watch_checkpoints(
+                lambda: latest_checkpoint_in(where),
+                lambda prefix: evaluate(model, prefix, restore_for_inference(model, prefix, use_ema=cfg.eval.use_ema),
+                                        evaluations),
+                cfg.eval.min_interval, cfg.eval.timeout, final_step)
         return {"evaluated": evaluated}
     detector = build_detector(cfg, where, cfg.eval.use_ema, key="eval.ckpt")
     return {"evaluated": [(detector.prefix, evaluate(*detector))]}

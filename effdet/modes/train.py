@@ -17,6 +17,7 @@ from effdet.hardware.workers import init_workers
 from effdet.model.builder import build_model
 from effdet.model.checkpoint import load_weights, resolve_checkpoint
 from effdet.model.ema import build_ema
+from effdet.model.recompute import recomputed_layers, set_recompute
 from effdet.modes.registry import MODES
 from effdet.provenance import check_resume
 from effdet.train.builder import build_loss, build_optimization, set_precision, steps_of
@@ -60,6 +61,7 @@ def build_training(cfg: Any, run_dir: str) -> Training:
     source = build_source(cfg.data)
     labeler = build_labeler(cfg.model)
     model = build_model(cfg.model, source.num_classes)
+    set_recompute(model, trainer_cfg.recompute)
     global_batch = trainer_cfg.batch_size * workers.size
     steps_per_epoch, total_steps = steps_of(trainer_cfg, source.num_train_examples, global_batch)
     schedule, optimizer = build_optimization(cfg.optimizer, global_batch, steps_per_epoch, total_steps, loss_scaling)
@@ -87,6 +89,9 @@ def build_training(cfg: Any, run_dir: str) -> Training:
     start = trainer.restore_or_start(initialize)
     log.info("training %s on %s: %d steps (%d per epoch, global batch %d on %d worker(s)), from step %d",
              cfg.model.name, source.name, total_steps, steps_per_epoch, global_batch, workers.size, start)
+    if trainer_cfg.recompute != "none":
+        log.info("recomputing activations in the backward pass: %s (trainer.recompute=%s)",
+                 ", ".join(recomputed_layers(model, trainer_cfg.recompute)), trainer_cfg.recompute)
     shard = Shard(workers.rank, workers.size)
 
     def dataset_at(step):
@@ -118,15 +123,23 @@ def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at
         with open(os.path.join(run_dir, TRAINING_PLAN), "w") as handle:
             json.dump({"total_steps": settings.total_steps, "steps_per_epoch": settings.steps_per_epoch}, handle)
 
-    def evaluate(step):
-        from effdet.eval.evaluate import evaluate_and_record
+    evaluations = []  # the run's one RecordedEvaluations, made at the first evaluation
 
+    def evaluate(step):
+        from effdet.eval.evaluate import RecordedEvaluations
+
+        if not evaluations:
+            evaluations.append(RecordedEvaluations(cfg, job.model, job.source, job.labeler, workers, run_dir))
         with trainer.ema.swap():
-            return evaluate_and_record(cfg, job.model, job.source, job.labeler, workers, run_dir, step)
+            return evaluations[0](step)
 
     evaluation = Evaluation(evaluate, evaluation_interval(settings.steps_per_epoch, eval_every_n_epochs),
                             at_end=eval_at_end) if can_evaluate else None
-    summary = trainer.fit(job.dataset_at, build_hooks(trainer, evaluation))
+    try:
+        summary = trainer.fit(job.dataset_at, build_hooks(trainer, evaluation))
+    finally:
+        for recorded in evaluations:
+            recorded.close()
     result = {"eval": evaluation.last} if evaluation is not None and evaluation.results else {}
     corrupt = trainer.corrupt_summary()
     if corrupt is not None:

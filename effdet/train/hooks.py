@@ -15,13 +15,14 @@ The contract (every method is optional):
 
 `build_hooks` assembles the usual set in the order they must run in.
 """
+import collections
 import json
 import logging
 import math
 import os
 import signal
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -71,12 +72,13 @@ class StopOnSignal(Hook):
 
 class History(Hook):
     """One JSON line per loop in train_history.jsonl, written as training goes (a killed run keeps its curves up
-    to the kill), and the same scalars in TensorBoard. `entries` holds this fit's records on every worker."""
+    to the kill), and the same scalars in TensorBoard. `entries` holds this fit's last `keep` records on every
+    worker: the file has them all, and a list of every step of a long run would grow without end."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, keep: int = 10_000):
         self.path = os.path.join(run_dir, TRAIN_HISTORY)
         self.tensorboard_dir = os.path.join(run_dir, TENSORBOARD)
-        self.entries: List[Dict[str, float]] = []
+        self.entries: Deque[Dict[str, float]] = collections.deque(maxlen=keep)
         self._writer = None
 
     def before_fit(self, trainer):
@@ -100,7 +102,8 @@ class History(Hook):
 
     def after_fit(self, trainer, outcome):
         if self._writer is not None:
-            self._writer.flush()
+            self._writer.close()
+            self._writer = None
 
 
 def read_history(path: str) -> List[Dict[str, float]]:

@@ -58,6 +58,7 @@ def test_an_unknown_key_in_a_group_fails_at_composition():
     ("export.quantize=[none,int4]", "export.quantize"),
     ("export.quantize=[]", "export.quantize"),
     ("export.calibration_samples=0", "export.calibration_samples"),
+    ("trainer.recompute=heads", "trainer.recompute"),
 ])
 def test_validate_names_the_bad_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

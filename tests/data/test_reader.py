@@ -178,3 +178,14 @@ def test_a_record_met_again_is_not_checked_again_but_its_crc_is(shard):
     os.utime(shard, ns=(0, 0))
     assert source_ids(shard, tally) == ["0", "2", "3", "4", "5"]
     assert tally.corrupt == 1
+
+
+def test_a_reset_tally_counts_the_next_pass_alone_and_keeps_what_it_learnt_of_the_shards(shard):
+    damage(shard, record_offsets(shard)[2] + 200, flip=100)
+    tally = CorruptRecords("val")
+    first = source_ids(shard, tally)
+    counts = tally.counts()
+    tally.reset()
+    assert tally.counts() == {"split": "val", "records_read": 0, "corrupt": 0, "shards": {}}
+    assert source_ids(shard, tally) == first and tally.counts() == counts  # not twice the first pass's
+    assert len(next(iter(tally._verified.values()))) == 5  # the good records are not checked again

@@ -1,5 +1,6 @@
 """Run by test_horovod.py under `horovodrun -np 2`: one training step of a tiny model on this rank's half of
-a fixed global batch, with synchronized batch norm; saves what the test compares."""
+a fixed global batch, with synchronized batch norm, without and with recomputation; saves what the test
+compares."""
 import os
 import sys
 
@@ -11,6 +12,7 @@ from effdet.data.targets import AnchorLabeler
 from effdet.hardware.workers import init_workers
 from effdet.model import EfficientDet, NormFactory
 from effdet.model.builder import create_variables
+from effdet.model.recompute import set_recompute
 from effdet.train.losses import DetectionLoss
 
 GLOBAL_BATCH = 4
@@ -35,6 +37,10 @@ def gradients(model, images, targets, loss_fn):
     return loss, tape.gradient(loss, model.trainable_variables)
 
 
+def moving_statistics(model):
+    return np.concatenate([v.numpy().ravel() for v in model.non_trainable_variables if "moving" in v.name])
+
+
 def main(out_dir):
     workers = init_workers(use_horovod=True)
     images, targets = global_batch()
@@ -45,6 +51,14 @@ def main(out_dir):
     loss_fn = DetectionLoss(3, 3, 5, workers=workers, jit_compile=False)
     _, grads = gradients(model, images[part], mine, loss_fn)
     averaged = workers.average_gradients(grads)
+    moving = moving_statistics(model)
+    # the same step with every block recomputed (synchronized batch norm all-reduces again in the recomputation)
+    recomputed = tiny(NormFactory("sync_batch_norm"))
+    set_recompute(recomputed, "all")
+    workers.broadcast(recomputed.variables)
+    initial = moving_statistics(recomputed)
+    _, again = gradients(recomputed, images[part], mine, loss_fn)
+    again = workers.average_gradients(again)
     optimizer = tf.keras.optimizers.SGD(0.1)
     optimizer.apply_gradients(zip(averaged, model.trainable_variables))
     # synchronized batch norm alone: its moving mean moves towards the mean of the global batch
@@ -53,6 +67,9 @@ def main(out_dir):
     bn(probe, training=True)
     np.savez(os.path.join(out_dir, f"rank{workers.rank}.npz"),
              *[g.numpy() for g in averaged],
+             recomputed=np.concatenate([g.numpy().ravel() for g in again]),
+             plain=np.concatenate([g.numpy().ravel() for g in averaged]),
+             moving=moving, initial_moving=initial, recomputed_moving=moving_statistics(recomputed),
              weights=np.concatenate([v.numpy().ravel() for v in model.trainable_variables]),
              bn_mean=bn.moving_mean.numpy(), bn_variance=bn.moving_variance.numpy(), size=workers.size)
 

@@ -34,6 +34,13 @@ def test_two_workers_match_one_process_on_the_global_batch(tmp_path):
     for got, want, variable in zip(gradients, expected, model.trainable_variables):
         np.testing.assert_allclose(got, want.numpy(), rtol=2e-3, atol=2e-5, err_msg=variable.name)
 
+    # recomputation (trainer.recompute=all) gives the same step: gradients and synchronized BN statistics
+    for rank in ranks:
+        scale = np.abs(rank["plain"]).max()
+        np.testing.assert_allclose(rank["recomputed"], rank["plain"], rtol=0, atol=2e-4 * scale)
+        assert not np.allclose(rank["moving"], rank["initial_moving"])
+        np.testing.assert_allclose(rank["recomputed_moving"], rank["moving"], rtol=1e-5, atol=1e-6)
+
     # synchronized BN moments are the global batch's
     probe = tf.reshape(tf.range(worker.GLOBAL_BATCH * 6, dtype=tf.float32), [worker.GLOBAL_BATCH, 6]) ** 2
     mean, variance = tf.nn.moments(probe, axes=[0])

@@ -8,6 +8,7 @@ from effdet.data.targets import AnchorLabeler
 from effdet.hardware.workers import Workers
 from effdet.model import EfficientDet
 from effdet.model.builder import create_variables
+from effdet.model.recompute import set_recompute
 from effdet.train.builder import set_precision
 from effdet.model.ema import ExponentialMovingAverage
 from effdet.train.losses import DetectionLoss
@@ -98,6 +99,26 @@ def test_a_fixed_seed_gives_identical_loss_sequences(tmp_path):
         trainer, data = make_trainer(tmp_path / name, total_steps=10, seed=3, make_model=tiny_detector)
         runs.append([entry["total_loss"] for entry in fit(trainer, data)[1]])
     assert runs[0] == runs[1]
+
+
+def test_recomputation_trains_as_without_it_over_loops_of_several_steps(tmp_path):
+    """trainer.recompute inside the compiled loop (tf.while_loop over steps_per_loop steps), with the optimizer,
+    the weight decay and the EMA: the same losses and weights."""
+    runs = {}
+    for scope in ("none", "all"):
+        def model(seed, scope=scope):
+            network = tiny_model(seed)
+            set_recompute(network, scope)
+            return network
+
+        trainer, data = make_trainer(tmp_path / scope, total_steps=2, steps_per_loop=2, make_model=model)
+        history = fit(trainer, data)[1]
+        runs[scope] = ([entry["total_loss"] for entry in history],
+                       [v.numpy() for v in trainer.model.variables + list(trainer.ema.shadow_variables)])
+    assert len(runs["all"][0]) == 1
+    np.testing.assert_allclose(runs["all"][0], runs["none"][0], rtol=1e-5)
+    for got, want in zip(runs["all"][1], runs["none"][1]):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 class PoisonedLoss(DetectionLoss):
