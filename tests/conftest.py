@@ -62,3 +62,20 @@ def tiny_model_overrides():
     """A config small enough for a forward pass in well under a second."""
     return ["model.image_size=128", "model.fpn_num_filters=16", "model.fpn_cell_repeats=1",
             "model.box_class_repeats=1"]
+
+
+@pytest.fixture
+def closed_writers(monkeypatch):
+    """A list that gets one entry each time a TensorBoard writer made from now on is closed."""
+    import tensorflow as tf
+
+    closed, create = [], tf.summary.create_file_writer
+
+    def spied(*args, **kwargs):
+        writer = create(*args, **kwargs)
+        close = writer.close
+        writer.close = lambda: closed.append(True) or close()
+        return writer
+
+    monkeypatch.setattr(tf.summary, "create_file_writer", spied)
+    return closed

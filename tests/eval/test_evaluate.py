@@ -70,19 +70,10 @@ def test_a_kept_detector_sees_the_weights_of_each_evaluation(job, tmp_path):
     assert len(boxes[0]) == len(boxes[2]) and boxes[0] == pytest.approx(boxes[2], abs=1e-3)
 
 
-def test_the_evaluations_write_one_tensorboard_file_and_close_it(job, tmp_path, monkeypatch):
+def test_the_evaluations_write_one_tensorboard_file_and_close_it(job, tmp_path, closed_writers):
     cfg, model, source, labeler = job
     run_dir = tmp_path / "run"
-    closed = []
-    create = tf.summary.create_file_writer
-
-    def spied(*args, **kwargs):
-        writer = create(*args, **kwargs)
-        close = writer.close
-        writer.close = lambda: closed.append(True) or close()
-        return writer
-
-    monkeypatch.setattr(tf.summary, "create_file_writer", spied)
+    closed = closed_writers
     evaluations = RecordedEvaluations(cfg, model, source, labeler, Workers(), str(run_dir))
     for step in (1, 2, 3):
         evaluations(step)

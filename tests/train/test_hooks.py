@@ -158,20 +158,11 @@ def test_the_step_timer_marks_the_end_of_the_warm_up_and_of_the_last_loop(tmp_pa
     assert timer.start == (2, 0) and timer.end == (7, 1)  # two loops: to the warm-up step, then 5 steps on
 
 
-def test_the_history_closes_its_tensorboard_writer_and_keeps_only_its_last_entries(tmp_path, monkeypatch):
-    import tensorflow as tf
+def test_the_history_closes_its_tensorboard_writer_and_keeps_only_its_last_entries(tmp_path, closed_writers):
 
     from effdet.train.hooks import History, read_history
 
-    closed, create = [], tf.summary.create_file_writer
-
-    def spied(*args, **kwargs):
-        writer = create(*args, **kwargs)
-        close = writer.close
-        writer.close = lambda: closed.append(True) or close()
-        return writer
-
-    monkeypatch.setattr(tf.summary, "create_file_writer", spied)
+    closed = closed_writers
     trainer, data = make_trainer(tmp_path, total_steps=6, make_model=tiny_detector, steps_per_loop=1)
     history = History(str(tmp_path), keep=3)
     trainer.fit(data, [history])
