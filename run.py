@@ -7,6 +7,7 @@ composed config in .hydra/; only rank 0 writes).
 import logging
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # keep TensorFlow's start-up chatter out of the way
 
@@ -22,6 +23,7 @@ from effdet.hardware import check_hardware, setup_hardware  # noqa: E402
 from effdet.hardware.launch import check_mode_workers, launch_workers, needs_launch, worker_overrides  # noqa: E402
 from effdet.hardware.ranks import rank_from_env  # noqa: E402
 from effdet.provenance import write_run_info  # noqa: E402
+from effdet.summary import run_summary  # noqa: E402
 from effdet.sweep import FailedJob, objective  # noqa: E402
 from effdet.tensorflow_env import choose_onednn  # noqa: E402
 
@@ -32,6 +34,7 @@ register_schema()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
+    started = time.monotonic()
     try:
         choose_onednn(cfg.hardware.onednn)  # first: TensorFlow reads it once, when it loads
         validate(cfg)
@@ -49,6 +52,10 @@ def main(cfg: DictConfig):
             return None
         else:
             result = run_worker(cfg, run_dir)
+        if hydra_cfg.output_subdir is not None and hydra_cfg.mode == RunMode.RUN and not cfg.hardware.dry_run:
+            # once per job (a sweep prints its own)
+            print(run_summary(cfg.mode, run_dir, cfg, list(hydra_cfg.overrides.task), time.monotonic() - started),
+                  flush=True)
         return objective(run_dir, cfg.optimized_metric) if cfg.optimized_metric else result
     except Exception as error:  # in a sweep, a failed job is a row of its summary and the other jobs go on
         in_sweep = HydraConfig.get().mode == RunMode.MULTIRUN

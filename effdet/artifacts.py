@@ -15,11 +15,13 @@ Layout of a run dir (rank 0 writes; the other workers write nothing):
     training_curves.png         the history's losses and learning rate, across resumes (mode=train)
     metrics.jsonl               one line per evaluation: COCO metrics and step (evaluation; sweep.py reads it)
     ap_over_steps.png           AP of every evaluation so far
-    eval/step_<N>/              one evaluation's metrics.json, detections.json, per_class_ap.csv
+    eval/step_<N>/              one evaluation's metrics.json, detections.json, per_class_ap.csv and
+                                val_detections.png (the first eval.num_pictures val images with their boxes)
     data_report.json, .png      mode=check_data's report
     data.json, data_samples.png mode=show_data's summary and picture
     inspect.json                mode=inspect's summary
-    detections/                 mode=infer's <image>.json and <image>.png (unless infer.output_dir)
+    detections/                 mode=infer's <image>.json and .png, <video>.jsonl and .annotated.mp4 (unless
+                                infer.output_dir)
     saved_model/, model*.tflite mode=export's models (unless export.output_dir), labels.json in the SavedModel,
     model.onnx, model.anchors.npy   the TFLite (float32, _fp16, _int8) and ONNX networks and their anchors
     export_report.md, .json     export.compare's table: size, AP, AP50 and latency of every form written
@@ -43,6 +45,7 @@ EVAL_DIR = "eval"
 STEP_METRICS = "metrics.json"  # in eval/step_<N>/
 STEP_DETECTIONS = "detections.json"
 PER_CLASS_AP = "per_class_ap.csv"
+VAL_DETECTIONS = "val_detections.png"
 
 DATA_REPORT_JSON = "data_report.json"
 DATA_REPORT_PNG = "data_report.png"

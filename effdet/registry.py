@@ -1,4 +1,5 @@
 """Name → builder maps for every pluggable kind (backbones, fusion methods, run modes, ...)."""
+import contextlib
 from typing import Callable, Dict, Iterator, List, TypeVar
 
 from effdet.errors import ConfigError, unknown_name_message
@@ -27,6 +28,17 @@ class Registry:
             return obj
 
         return add
+
+    @contextlib.contextmanager
+    def temporarily(self, name: str, obj: T) -> Iterator[T]:
+        """`obj` registered as `name` inside a `with` block only: for tests that plug in a stand-in (an engine
+        that returns known outputs, say) and must not leave it behind for the next test. The code registers with
+        `register`, whose entries stay."""
+        self.register(name)(obj)
+        try:
+            yield obj
+        finally:
+            del self._entries[name]
 
     def get(self, name: str, where: str = "") -> Callable:
         try:

@@ -9,6 +9,7 @@ import csv
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 
 from effdet.artifacts import METRICS, SWEEP_SUMMARY, TRAIN_SUMMARY
 from effdet.errors import ConfigError
+from effdet.summary import last_record, sweep_summary
 
 COLUMNS = ("job", "overrides", "status", "AP", "AP50", "train_seconds", "images_per_second", "step", "error",
            "output_dir")
@@ -32,7 +34,7 @@ def job_row(number: int, overrides: List[str], output_dir: str,
                status="failed" if error is not None else "completed")
     if error is not None:
         row["error"] = f"{type(error).__name__}: {error}".splitlines()[0][:500]
-    metrics = last_metrics(os.path.join(output_dir, METRICS))
+    metrics = last_record(os.path.join(output_dir, METRICS))
     if metrics:
         row.update(AP=round(metrics["AP"], 6), AP50=round(metrics["AP50"], 6), step=metrics["step"])
     train_path = os.path.join(output_dir, TRAIN_SUMMARY)
@@ -42,14 +44,6 @@ def job_row(number: int, overrides: List[str], output_dir: str,
         row.update(train_seconds=round(train["seconds"], 1), images_per_second=round(train["images_per_second"], 3))
         row["step"] = row["step"] or train["step"]
     return row
-
-
-def last_metrics(path: str) -> Optional[Dict[str, float]]:
-    if not os.path.exists(path):
-        return None
-    with open(path) as handle:
-        lines = [line for line in handle if line.strip()]
-    return json.loads(lines[-1]) if lines else None
 
 
 def ranked(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -92,7 +86,7 @@ class FailedJob:
 
 def objective(output_dir: str, metric: str) -> float:
     """The job's result for an optimising sweeper: `metric` of the last evaluation in its run dir."""
-    metrics = last_metrics(os.path.join(output_dir, METRICS))
+    metrics = last_record(os.path.join(output_dir, METRICS))
     if metrics is None:
         raise ConfigError(f"optimized_metric={metric}: the job evaluated nothing (no {METRICS} in {output_dir}); "
                           "a mode that evaluates (train with trainer.eval_after_training, train_and_eval) is needed")
@@ -102,9 +96,11 @@ def objective(output_dir: str, metric: str) -> float:
 class SweepSummary(Callback):
     def __init__(self) -> None:
         self.rows: List[Dict[str, Any]] = []
+        self.overrides: List[List[str]] = []  # each row's job's overrides, for the commands that follow it
+        self.started = time.monotonic()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.rows = []
+        self.rows, self.overrides, self.started = [], [], time.monotonic()
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
@@ -115,6 +111,7 @@ class SweepSummary(Callback):
         row = job_row(int(config.hydra.job.num), list(job_return.overrides or []),
                       config.hydra.runtime.output_dir, error)
         self.rows.append(row)
+        self.overrides.append(list(job_return.overrides or []))
         write_summary(self.rows, os.path.join(config.hydra.sweep.dir, SWEEP_SUMMARY))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -124,5 +121,7 @@ class SweepSummary(Callback):
         failed = sum(row["status"] == "failed" for row in self.rows)
         print(f"\nsweep of {len(self.rows)} jobs ({failed} failed), best AP first; {path}\n{format_table(self.rows)}",
               flush=True)
+        print(sweep_summary(config.hydra.sweep.dir, list(zip(self.rows, self.overrides)), config,
+                            time.monotonic() - self.started), flush=True)
         if failed:  # every job ran; the exit code still tells a script that some failed
             sys.exit(1)

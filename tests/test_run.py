@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -103,8 +104,18 @@ def test_train_runs_end_to_end_and_its_checkpoints_evaluate_infer_and_export(tmp
     after_training = json.loads((run_dir / "eval" / "step_4" / "detections.json").read_text())
     assert after_training and set(after_training[0]) == {"image_id", "category_id", "bbox", "score"}
 
-    # mode=eval on the run dir: the checkpoint's averaged weights detect exactly what they did after training
-    evaluated = run_cli(*tiny[:-1], "mode=eval", f"eval.ckpt={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert (run_dir / "eval" / "step_4" / "val_detections.png").stat().st_size > 10_000
+    # the run ends with a summary: its run dir, what is in it (every path listed exists), what to run next
+    where, listed, commands = end_of_run_summary(first.stdout)
+    assert where == str(run_dir) and {"checkpoints/", "metrics.jsonl", "eval/step_4/val_detections.png",
+                                      "tensorboard/"} <= set(listed)
+    assert all((run_dir / path).exists() for path in listed), listed
+    assert [command.split()[2] for command in commands[:3]] == ["mode=eval", "mode=infer", "mode=export"]
+
+    # mode=eval on the run dir, as the summary printed it: the checkpoint's averaged weights detect exactly what
+    # they did after training
+    evaluated = subprocess.run([*shlex.split(commands[0]), f"hydra.run.dir={tmp_path / 'eval'}"], cwd=REPO,
+                               capture_output=True, text=True, timeout=600)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert "AP50" in evaluated.stdout
     details = tmp_path / "eval" / "eval" / "step_4"
@@ -136,12 +147,25 @@ def test_train_runs_end_to_end_and_its_checkpoints_evaluate_infer_and_export(tmp
         ImageDraw.Draw(picture).ellipse([10, 10, 60, 60], fill=(220, 40, 40))
         picture.save(pictures / name)
     (pictures / "notes.jpg").write_text("not an image")
-    inferred = run_cli(*tiny[:-1], "mode=infer", f"infer.input='{pictures}/*.jpg,{pictures / 'tall.png'}'",  # quoted, as in a shell
+    from effdet.data.video import VideoReader, VideoWriter
+
+    clip = VideoWriter(str(pictures / "clip.mp4"), None, 96, 64)  # a circle crossing the frame in 6 frames
+    for x in range(10, 70, 10):
+        frame = Image.new("RGB", (96, 64), (30, 30, 30))
+        ImageDraw.Draw(frame).ellipse([x, 10, x + 24, 34], fill=(220, 40, 40))
+        clip.write(np.asarray(frame))
+    clip.close()
+    inferred = run_cli(*tiny[:-1], "mode=infer",
+                       f"infer.input='{pictures}/*.jpg,{pictures / 'tall.png'},{pictures / 'clip.mp4'}'",  # quoted
                        f"infer.ckpt={run_dir}", "infer.draw_threshold=0.0", "eval.engine=tflite",
                        f"hydra.run.dir={tmp_path / 'infer'}")
     assert inferred.returncode == 0, inferred.stderr[-3000:]
     out = tmp_path / "infer" / "detections"
-    assert sorted(p.name for p in out.iterdir()) == ["tall.json", "tall.png", "wide.json", "wide.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["clip.annotated.mp4", "clip.jsonl", "tall.json", "tall.png",
+                                                     "wide.json", "wide.png"]
+    lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
+    assert [line["frame"] for line in lines] == list(range(6)) and all(line["detections"] for line in lines)
+    assert sum(1 for _ in VideoReader(str(out / "clip.annotated.mp4"))) == 6
     assert "skipped" in (tmp_path / "infer" / "run.log").read_text()
     assert "notes.jpg" in (tmp_path / "infer" / "run.log").read_text()
     for name, (width, height) in (("wide", (150, 90)), ("tall", (70, 110))):
@@ -188,6 +212,15 @@ def test_train_runs_end_to_end_and_its_checkpoints_evaluate_infer_and_export(tmp
     labels = json.loads((tmp_path / "export" / "saved_model" / "labels.json").read_text())
     assert labels["1"] == "circle" and len(labels) == 6
     assert json.loads((tmp_path / "raw" / "eval" / "step_4" / "detections.json").read_text()) != after_training
+
+
+def end_of_run_summary(stdout: str):
+    """The run dir, the paths listed and the next commands of the summary a job printed last."""
+    lines = stdout[stdout.rindex("── effdet: "):].splitlines()
+    where = lines[1].split("run dir  ", 1)[1]
+    cut = lines.index("next:")
+    listed = [line.split()[0] for line in lines[2:cut] if line.startswith("  ")]
+    return where, listed, [line.strip() for line in lines[cut + 1:] if line.startswith("  ")]
 
 
 def tiny_training(tmp_path, run_dir, *more):

@@ -72,6 +72,12 @@ def test_sweeps_summarise_their_jobs_and_a_job_reruns_identically_from_its_saved
     assert set(result["best_params"]) == {"optimizer.lr", "trainer.loss.gamma"}
     assert 0.02 <= result["best_params"]["optimizer.lr"] <= 0.2
     assert "sweep of 2 jobs (0 failed)" in searched.stdout
+    # one end-of-run summary, the sweep's: its dir, the best trial, and what to run on it
+    assert searched.stdout.count("finished in") == 1 and "effdet: sweep of 2 jobs (0 failed)" in searched.stdout
+    assert f"sweep dir  {tmp_path / 'search'}" in searched.stdout
+    best = max(rows, key=lambda row: float(row["AP"]))
+    assert f"best: job {best['job']}, AP {float(best['AP']):.3f}" in searched.stdout
+    assert f"mode=eval eval.ckpt={tmp_path / 'search' / best['job']}" in searched.stdout
 
     # a plain sweep whose jobs fail: each is a row with its error, and the exit code says so
     failed = run_cli("-m", *tiny(tmp_path), "model.fpn_num_filters=0,-3", f"hydra.sweep.dir={tmp_path / 'bad'}",

@@ -230,15 +230,21 @@ class EvalConfig:
     # square: every image fitted into model.image_size and padded to it (automl; the SavedModel does this);
     # stride: padded only up to multiples of the coarsest level's stride, 2^max_level (640×480 runs at 512×384)
     padding: str = one_of("square", "effdet.data.pipeline:PADDINGS")
+    # each evaluation draws the first N val images with their detections (at or above infer.draw_threshold) and
+    # ground truth: eval/step_N/val_detections.png and TensorBoard's images; 0: none
+    num_pictures: int = non_negative(12)
 
 
 @dataclass
 class InferConfig:
-    input: Optional[str] = None  # image paths and globs, comma-separated
+    # comma-separated paths, globs and directories (not entered recursively) of images (JPEG, PNG, BMP, GIF) and
+    # videos (whatever FFmpeg decodes: mp4, mkv, avi, webm, mov...); other files are reported and skipped
+    input: Optional[str] = None
     ckpt: Optional[str] = None  # a checkpoint, a checkpoint dir or a run dir
     use_ema: bool = True
-    batch_size: int = positive(8)
-    draw_threshold: float = fraction(0.3)  # the annotated images show detections scoring at least this
+    batch_size: int = positive(8)  # images, or frames of a video, per run of the network
+    # the annotated images and videos, and each evaluation's val_detections.png, show detections scoring at least this
+    draw_threshold: float = fraction(0.3)
     output_dir: Optional[str] = None  # default: <run dir>/detections
 
 

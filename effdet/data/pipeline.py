@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from effdet.config.schema import DataConfig, EvalConfig, default_of
 from effdet.data import augment, autoaugment
-from effdet.data.example import parse_fields
+from effdet.data.example import parse, parse_fields
 from effdet.data.reader import CorruptRecords, records_dataset
 from effdet.data.targets import IGNORE, AnchorLabeler
 from effdet.errors import DataError
@@ -114,15 +114,24 @@ class InputPipeline:
         batches = examples.batch(batch_size) if multiple is None else examples.padded_batch(batch_size)
         return self._finish(batches)
 
-    def _records(self, shard: Shard, shuffle_files: bool) -> tf.data.Dataset:
+    def first_examples(self, count: int) -> tf.data.Dataset:
+        """The first `count` examples of the split in the order `eval` runs them, decoded but not prepared
+        (`effdet.data.example.parse`'s dict: the image at its own size, normalised boxes, classes, source id), for
+        a picture of them. Bad records are skipped and counted apart from the pipeline's."""
+        apart = CorruptRecords(self.corrupt.split, on_corrupt="skip")
+        return self._records(Shard(), shuffle_files=False, corrupt=apart).take(count).map(parse)
+
+    def _records(self, shard: Shard, shuffle_files: bool, corrupt: Optional[CorruptRecords] = None
+                 ) -> tf.data.Dataset:
         # Whole files per worker when there are enough of them (each reads only its files); else records.
         by_file = len(self.files) >= shard.count
         files = self.files[shard.index::shard.count] if by_file else self.files
         dataset = tf.data.Dataset.from_tensor_slices(files)
         if shuffle_files:
             dataset = dataset.shuffle(len(files), seed=self.seed, reshuffle_each_iteration=True)
+        corrupt = self.corrupt if corrupt is None else corrupt
         # Interleaving stays deterministic so that record-level sharding gives disjoint parts.
-        dataset = dataset.interleave(lambda path: records_dataset(path, self.corrupt),
+        dataset = dataset.interleave(lambda path: records_dataset(path, corrupt),
                                      cycle_length=min(self.cycle_length, len(files)),
                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         if not by_file:

@@ -5,10 +5,11 @@ import logging
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import tensorflow as tf
 
 from effdet.artifacts import AP_OVER_STEPS, METRICS, PER_CLASS_AP, STEP_DETECTIONS, STEP_METRICS, TENSORBOARD, \
-    eval_step_dir
+    VAL_DETECTIONS, eval_step_dir
 from effdet.data.builder import build_input
 from effdet.data.pipeline import Shard
 from effdet.data.reader import CorruptDataError, CorruptRecords, describe_counts, distinct_corrupt, merge_counts, \
@@ -19,6 +20,7 @@ from effdet.errors import ConfigError
 from effdet.eval.coco_metrics import CocoEvaluator, detections_to_coco_rows, image_id_of
 from effdet.eval.convert import Calibration, calibration_of
 from effdet.eval.engines import ENGINES
+from effdet.eval.pictures import ValPictures
 from effdet.eval.postprocess import postprocess
 from effdet.hardware.workers import Workers
 
@@ -130,10 +132,12 @@ def readable_batches(batches, corrupt: CorruptRecords):
 
 def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
              detections_path: Optional[str] = None, workers: Workers = Workers(),
-             calibration: Optional[Calibration] = None, split: Optional[SplitDetector] = None) -> Dict[str, Any]:
+             calibration: Optional[Calibration] = None, split: Optional[SplitDetector] = None,
+             keep_rows: bool = False) -> Dict[str, Any]:
     """COCO metrics of `model` on the val split; the detections go to `detections_path` (COCO results JSON).
     Every worker detects its shard; rank 0 scores them all (the others return {}). `split`: a `SplitDetector`
-    of this model kept from an earlier evaluation (default: a new one)."""
+    of this model kept from an earlier evaluation (default: a new one); `keep_rows`: the result holds the
+    detections as COCO result rows too ("rows")."""
     if not source.val_json_file:
         raise ValueError(f"data '{source.name}' has no val_json_file (COCO-format ground truth) to score against")
     split = split or SplitDetector(model, source, labeler, data_cfg, eval_cfg, workers, calibration)
@@ -152,7 +156,8 @@ def evaluate(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, e
         log.warning("bad val records were skipped: the COCO metrics are over the %d images detected%s\n%s",
                     len(evaluator.seen_images), left_out, describe_counts(corrupt))
     return {"metrics": metrics, "per_class_ap": evaluator.per_class_ap(), "summary_text": evaluator.summary_text,
-            "num_images": len(evaluator.seen_images), "corrupt_records": distinct_corrupt(corrupt)}
+            "num_images": len(evaluator.seen_images), "corrupt_records": distinct_corrupt(corrupt),
+            **({"rows": rows} if keep_rows else {})}
 
 
 def write_testdev_detections(model, source: DataSource, labeler: AnchorLabeler, data_cfg: Any, eval_cfg: Any,
@@ -179,16 +184,32 @@ def evaluate_and_record(cfg: Any, model, source: DataSource, labeler: AnchorLabe
 class RecordedEvaluations:
     """Evaluates `model` (every worker its shard; rank 0 scores and records) each time it is called with a step.
     Appends the metrics to metrics.jsonl and TensorBoard, redraws ap_over_steps.png, and keeps the detections and
-    per-class AP under eval/step_N/. What the evaluations share is built once: the `SplitDetector` and, on rank
-    0, one TensorBoard writer (one per evaluation would each leave an events file). `close()` (or the `with`
-    block's end) closes the writer."""
+    per-class AP under eval/step_N/, with the picture of the first eval.num_pictures val images and their
+    detections (also in TensorBoard). What the evaluations share is built once: the `SplitDetector`, the
+    pictures' images and, on rank 0, one TensorBoard writer (one per evaluation would each leave an events
+    file). `close()` (or the `with` block's end) closes the writer."""
 
     def __init__(self, cfg: Any, model, source: DataSource, labeler: AnchorLabeler, workers: Workers, run_dir: str):
         self.cfg, self.model, self.source, self.labeler, self.workers, self.run_dir = \
             cfg, model, source, labeler, workers, run_dir
         self.split = SplitDetector(model, source, labeler, cfg.data, cfg.eval, workers,
                                    calibration_of(cfg, source, labeler))
+        count = cfg.eval.num_pictures if cfg.eval.samples is None else min(cfg.eval.num_pictures, cfg.eval.samples)
+        self.pictures = ValPictures(self._first_examples, count, source.class_name) if count else None
         self.writer = None
+
+    def _first_examples(self, count: int):
+        """The pictures' val examples; a record that reads but does not decode ends them there, with a warning."""
+        examples = iter(self.split.pipeline.first_examples(count))
+        while True:
+            try:
+                yield {key: value.numpy() for key, value in next(examples).items()}
+            except StopIteration:
+                return
+            except tf.errors.OpError as error:
+                log.warning("val_detections.png shows fewer images: a val record does not decode (%s)",
+                            str(error).strip().splitlines()[0][:200])
+                return
 
     def __enter__(self):
         return self
@@ -211,8 +232,11 @@ class RecordedEvaluations:
             os.makedirs(details_dir, exist_ok=True)
         result = evaluate(self.model, self.source, self.labeler, cfg.data, cfg.eval,
                           detections_path=os.path.join(details_dir, STEP_DETECTIONS), workers=workers,
-                          split=self.split)
+                          split=self.split, keep_rows=self.pictures is not None)
         if workers.is_chief:
+            picture = self.pictures.render(result.pop("rows"), cfg.infer.draw_threshold) if self.pictures else None
+            if picture is not None:
+                picture.save(os.path.join(details_dir, VAL_DETECTIONS))
             metrics = result["metrics"]
             record = {"step": step, **{k: round(float(metrics[k]), 6) for k in RECORDED}}
             with open(os.path.join(details_dir, STEP_METRICS), "w") as handle:
@@ -229,6 +253,9 @@ class RecordedEvaluations:
                 for key, value in record.items():
                     if key != "step":
                         tf.summary.scalar(f"eval/{key}", value)
+                if picture is not None:
+                    tf.summary.image("eval/val_detections", np.asarray(picture)[None], max_outputs=1,
+                                     description="the first val images: detections in colour, ground truth dashed")
             self.writer.flush()
             log.info("COCO evaluation at step %d on %d images:\n%s", step, result["num_images"],
                      result["summary_text"])

@@ -17,8 +17,8 @@ MAX_GROWTH_MB = 25
 
 def test_a_short_train_and_eval_keeps_its_resident_memory_flat_over_its_evaluations(tmp_path):
     args = argparse.Namespace(
-        evaluations=8, steps=8, sample_every=0.5, after=2, window=3, model="efficientdet-lite0", image_size=64, batch_size=2,
-        eval_batch_size=4, train_images=16, val_images=4, cache_dir=str(tmp_path / "cache"),
+        evaluations=8, steps=8, sample_every=0.5, after=2, window=3, model="efficientdet-lite0", image_size=64,
+        batch_size=2, eval_batch_size=4, train_images=16, val_images=4, cache_dir=str(tmp_path / "cache"),
         override=["model.fpn_num_filters=8", "model.fpn_cell_repeats=1", "model.box_class_repeats=1"])
     run_dir = tmp_path / "run"
     result = soak.soak(args, str(run_dir), echo=lambda text: None)

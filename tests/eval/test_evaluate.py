@@ -47,7 +47,8 @@ def test_evaluations_of_one_recorder_trace_the_detector_and_build_the_val_input_
         results = [evaluations(1)]
         first = dict(counts)  # the last, smaller batch is traced for its own shape
         results += [evaluations(step) for step in (2, 3)]
-    assert counts == first and first["flat_network"] == 1 and first["records_dataset"] == 1
+    # records_dataset twice: the val passes' one input, and the pictures' first images, read at the first
+    assert counts == first and first["flat_network"] == 1 and first["records_dataset"] == 2
     assert results[0]["metrics"] == results[2]["metrics"] and results[2]["num_images"] == 6
     assert results[0]["corrupt_records"] == results[2]["corrupt_records"] == 0
 
