@@ -137,9 +137,10 @@ def figures_of(run_dir: str) -> List[str]:
                      f"({train['images_per_second']:.1f} images/s{stopped})")
     metrics = last_record(os.path.join(run_dir, names.METRICS))
     if metrics:
-        lines.append("  ".join(f"{key} {metrics[key]:.3f}" for key in ("AP", "AP50", "AP75", "APs", "APm", "APl",
-                                                                        "AR100") if key in metrics)
-                     + f"  (step {metrics['step']})")
+        # Not the evaluation's own line (`AP … (step N)`): the soak benchmark counts evaluations by that one.
+        lines.append(f"last evaluation (step {metrics['step']}): " + "  ".join(
+            f"{key} {metrics[key]:.3f}" for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+            if key in metrics))
     return lines
 
 

@@ -66,4 +66,4 @@ def test_it_lists_what_the_run_dir_holds_and_the_latest_evaluations_picture(tmp_
     assert listed == ["checkpoints/", "metrics.jsonl", "eval/step_10/val_detections.png", "run.log"]
     text = run_summary("train", str(run_dir), compose([]), [], 3725.4)
     assert "mode=train finished in 1:02:05" in text and f"run dir  {run_dir}" in text
-    assert "AP 0.250  AP50 0.500  (step 10)" in text
+    assert "last evaluation (step 10): AP 0.250  AP50 0.500\n" in text
