@@ -38,8 +38,8 @@ def main(cfg: DictConfig):
     try:
         choose_onednn(cfg.hardware.onednn)  # first: TensorFlow reads it once, when it loads
         validate(cfg)
+        check_mode_workers(cfg.mode, cfg.hardware)  # before the device's needs: what the job asks may be impossible
         check_hardware(cfg.hardware)
-        check_mode_workers(cfg.mode, cfg.hardware)
         hydra_cfg = HydraConfig.get()
         run_dir = hydra_cfg.runtime.output_dir
         if hydra_cfg.output_subdir is not None:  # the process that wrote .hydra/: one per job, never a rank > 0
@@ -78,7 +78,10 @@ def run_worker(cfg: DictConfig, run_dir: str):
 
     setup_hardware(cfg.hardware)
     run_mode = MODES.get(cfg.mode, where="mode")
-    return run_mode(cfg, run_dir=init_workers().share(run_dir))  # every worker writes into (and resumes from) one dir
+    workers = init_workers()
+    # every worker writes into (and resumes from) one dir; an elastic job's were given it by run.py (a worker added
+    # later must not start with a collective: the others are in Horovod's state sync)
+    return run_mode(cfg, run_dir=run_dir if workers.elastic else workers.share(run_dir))
 
 
 if __name__ == "__main__":

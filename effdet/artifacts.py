@@ -5,6 +5,7 @@ file is renamed here alone.
 Layout of a run dir (rank 0 writes; the other workers write nothing):
 
     .hydra/                     Hydra's composed config and overrides (run.py)
+    run.log                     the job's log (Hydra's, named after run.py)
     run_info.json               how the job was started: command, git commit, versions (provenance.py)
     training_config.yaml        the config the checkpoints were trained with; resuming checks it (provenance.py)
     training_plan.json          {"total_steps", "steps_per_epoch"}, for a continuous evaluation (mode=train)
@@ -30,6 +31,7 @@ Layout of a run dir (rank 0 writes; the other workers write nothing):
 import os
 
 HYDRA_DIR = ".hydra"
+RUN_LOG = "run.log"
 RUN_INFO = "run_info.json"
 TRAINING_CONFIG = "training_config.yaml"
 TRAINING_PLAN = "training_plan.json"

@@ -42,7 +42,7 @@ SHOWN = (
     (names.DATA_SAMPLES, "augmented training examples with their target boxes"),
     (names.INSPECT, "parameters, FLOPs and anchors"),
     (names.TENSORBOARD, "TensorBoard summaries: losses, metrics, val pictures"),
-    ("run.log", "this job's log"),
+    (names.RUN_LOG, "this job's log"),
     (names.RUN_INFO, "the command, the git commit, versions, and how to re-run it"),
 )
 INFER_INPUT = "<images, a directory or a video>"

@@ -155,6 +155,22 @@ class HardwareConfig:
     # Gaudi (hls1, hls1h): the HCCL API needs no HCL config file; HCL_PORT of the file otherwise
     hccl: bool = False
     hcl_port: int = field(default=5332, metadata={"min": 1, "max": 65535})
+    # Horovod Elastic (training modes, horovodrun with Gloo): workers may die or be added while the job trains;
+    # it goes on while at least min_workers are left (docs/distributed.md). num_workers (or hosts) is how many
+    # it starts with.
+    elastic: bool = False
+    min_workers: int = positive(1)
+    max_workers: Optional[int] = positive(None)  # null: as many as the hosts offer
+    # a program that prints the available hosts, one `name:slots` a line (Horovod's host discovery); instead
+    # of hosts, when hosts may be added or taken away
+    discovery_script: Optional[str] = None
+    elastic_timeout: int = positive(600)  # seconds to wait for min_workers after workers were lost
+    # seconds a collective waits for a peer before it fails (horovodrun --gloo-timeout-seconds); null: Horovod's
+    # 30. A worker's loss reaches the others through a closed connection at once, or, for a worker then waiting
+    # on another survivor, through this
+    collective_timeout: Optional[int] = positive(None)
+    # horovodrun --network-interface (e.g. eth0); null: Horovod finds one (lo when every host is this machine)
+    network_interface: Optional[str] = None
 
 
 @dataclass
@@ -185,6 +201,9 @@ class TrainerConfig:
     # recomputed in the backward pass instead of kept, for less memory at the cost of a second forward pass
     recompute: str = one_of("none", "effdet.model.recompute:RECOMPUTE_SCOPES")
     checkpoint_every_n_steps: int = positive(1000)
+    # hardware.elastic: the state every worker keeps in memory, to go back to when one is lost (the steps since
+    # are trained again) and to pass on to added ones; a commit copies every variable and asks about new hosts
+    elastic_commit_every_n_steps: int = positive(50)
     keep_checkpoint_max: int = positive(5)
     log_every_n_steps: int = positive(100)
     on_nonfinite: str = one_of("stop", ["stop", "skip"])

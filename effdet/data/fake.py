@@ -30,3 +30,9 @@ class FakeInput:
         examples = [self._example(shard.index * batch_size + i) for i in range(batch_size)]
         batch = tf.nest.map_structure(lambda *parts: tf.stack(parts), *examples)
         return tf.data.Dataset.from_tensors(batch).repeat()
+
+    def train_stream(self, batch_size: int, shard: Shard = Shard(), position: int = 0) -> tf.data.Dataset:
+        """`train`'s batch with the positions an elastic job's steps consume (InputPipeline.train_stream)."""
+        batch = next(iter(self.train(batch_size, shard)))
+        positions = tf.data.Dataset.range(position, 1 << 62).shard(shard.count, shard.index).batch(batch_size)
+        return positions.map(lambda keys: (*batch, keys))

@@ -14,6 +14,13 @@ from effdet.data.targets import IGNORE, AnchorLabeler
 from effdet.errors import DataError
 
 PADDINGS = ("square", "stride")  # eval.padding
+# A place in train_stream's order, as one int64: epoch × POSITIONS_PER_EPOCH + the record's index in the epoch.
+POSITIONS_PER_EPOCH = 1 << 32
+
+
+def split_position(position: int) -> Tuple[int, int]:
+    """(epoch, index in the epoch) of a place in train_stream's order."""
+    return int(position) // POSITIONS_PER_EPOCH, int(position) % POSITIONS_PER_EPOCH
 
 
 def padding_multiple(padding: str, labeler: AnchorLabeler) -> Optional[int]:
@@ -93,6 +100,35 @@ class InputPipeline:
         examples = examples.map(self._train_example, num_parallel_calls=tf.data.AUTOTUNE,
                                 deterministic=self.deterministic)
         return self._finish(examples.batch(batch_size, drop_remainder=True))
+
+    def train_stream(self, batch_size: int, shard: Shard = Shard(), position: int = 0) -> tf.data.Dataset:
+        """Endless augmented batches (images, targets, positions) for an elastic job, whose number of workers
+        changes while it trains. Unlike `train`, every worker reads one global order of records, the same
+        whatever the number of workers: epoch e's files in an order drawn from (data.seed, e), interleaved, then
+        through a shuffle buffer. Worker `shard.index` of `shard.count` takes the examples at `position`,
+        `position` + count, ... of that order, so each step trains on the next count × batch_size examples,
+        each on one worker. `positions` are the examples' places in it (`stream_position`'s keys); the first
+        place after a step's largest one is where a run goes on from, with any number of workers, without
+        repeating or skipping an example. The price: every worker reads (without decoding) every record."""
+        epoch, index = split_position(position)
+        stream = self._epoch_records(tf.constant(epoch, tf.int64)).skip(index)
+        later = tf.data.Dataset.range(epoch + 1, 1 << 31).flat_map(self._epoch_records)
+        stream = stream.concatenate(later).shard(shard.count, shard.index)
+        # in order: a batch must hold exactly the examples at its positions
+        examples = stream.map(lambda key, record: (*self._train_example(key, record), key),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return self._finish(examples.batch(batch_size, drop_remainder=True))
+
+    def _epoch_records(self, epoch: tf.Tensor) -> tf.data.Dataset:
+        """(position, record) of every good record, in epoch `epoch`'s order."""
+        files = tf.random.experimental.stateless_shuffle(tf.constant(self.files),
+                                                         seed=tf.stack([tf.constant(self.seed, tf.int64), epoch]))
+        records = tf.data.Dataset.from_tensor_slices(files).interleave(
+            lambda path: records_dataset(path, self.corrupt), cycle_length=min(self.cycle_length, len(self.files)),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # One seed for every epoch (a shuffle's seed cannot be a tensor); the epochs differ by their file order.
+        records = records.shuffle(self.shuffle_buffer, seed=self.seed, reshuffle_each_iteration=False)
+        return records.enumerate().map(lambda index, record: (epoch * POSITIONS_PER_EPOCH + index, record))
 
     def eval(self, batch_size: int, shard: Shard = Shard(), max_examples: Optional[int] = None,
              padding: str = default_of(EvalConfig, "padding")) -> tf.data.Dataset:

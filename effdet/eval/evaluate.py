@@ -80,9 +80,16 @@ class SplitDetector:
         self.model, self.source, self.labeler, self.data_cfg, self.eval_cfg = model, source, labeler, data_cfg, eval_cfg
         self.workers, self.calibration = workers, calibration
         self.pipeline = build_input(data_cfg, source, labeler, "val")
-        self.batches = self.pipeline.eval(eval_cfg.batch_size, Shard(workers.rank, workers.size), eval_cfg.samples,
-                                          eval_cfg.padding)
+        self._shard, self.batches = None, None
         self._detect = None
+
+    def _batches(self):
+        """This worker's part of the val split; made again only when the workers changed (an elastic job)."""
+        shard = Shard(self.workers.rank, self.workers.size)
+        if shard != self._shard:
+            self._shard, self.batches = shard, self.pipeline.eval(self.eval_cfg.batch_size, shard,
+                                                                  self.eval_cfg.samples, self.eval_cfg.padding)
+        return self.batches
 
     def _detector(self):
         if self._detect is None or self.eval_cfg.engine != "tensorflow":
@@ -99,7 +106,7 @@ class SplitDetector:
         detect, corrupt_records, workers = self._detector(), self.pipeline.corrupt, self.workers
         corrupt_records.reset()  # what this pass meets, not the passes before it too
         rows, image_ids = [], []
-        for images, batch in readable_batches(self.batches, corrupt_records):
+        for images, batch in readable_batches(self._batches(), corrupt_records):
             detections = detect(images, batch["image_scale"], batch["original_size"])
             ids = [image_id_of(source_id) for source_id in batch["source_id"].numpy()]
             rows.extend(detections_to_coco_rows({k: v.numpy() for k, v in detections.items()}, ids))

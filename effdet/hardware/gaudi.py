@@ -12,7 +12,7 @@ import os
 import socket
 import tempfile
 from dataclasses import dataclass
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from effdet.artifacts import HCL_CONFIG
 from effdet.errors import ConfigError
@@ -97,6 +97,10 @@ class Gaudi(Backend):
         """Habana's bridge, which a dry run does not need: it only prints the launch."""
         if not hardware_cfg.dry_run:
             require_habana(hardware_cfg.name)
+
+    def elastic_problem(self, hardware_cfg: Any) -> Optional[str]:
+        return ("Horovod Elastic runs its collectives on Gloo, and Gaudi cards exchange gradients through HCCL, "
+                "which it does not support")
 
     def setup(self, hardware_cfg: Any) -> DeviceSetup:
         """Binds this worker to its card, joins the workers (Horovod), describes them to HCL, loads Habana's

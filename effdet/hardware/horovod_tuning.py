@@ -5,11 +5,16 @@ collectives. A GPU or Gaudi worker computes on its card, so those wake-ups take 
 computes on the cores the thread wakes on, and pays for each. conf/hardware/cpu.yaml therefore asks for 20 ms
 (benchmarks/scaling.py; README, "Several workers"). A variable already set where the job starts is the user's
 choice and always wins.
+
+An elastic job (hardware.elastic) turns Horovod's response cache off: with it, a worker added to a running group
+(whose cache is empty while the others' are not) paired collectives of different sizes, and Gloo aborted the
+process (docs/distributed.md, "Elastic training").
 """
 import os
 from typing import Any, Dict, Mapping
 
 CYCLE_TIME = "HOROVOD_CYCLE_TIME"
+CACHE_CAPACITY = "HOROVOD_CACHE_CAPACITY"
 
 
 def horovod_variables(hardware_cfg: Any, env: Mapping[str, str]) -> Dict[str, str]:
@@ -18,6 +23,8 @@ def horovod_variables(hardware_cfg: Any, env: Mapping[str, str]) -> Dict[str, st
     cycle_ms = hardware_cfg.horovod_cycle_time_ms
     if cycle_ms is not None and CYCLE_TIME not in env:
         chosen[CYCLE_TIME] = f"{cycle_ms:g}"
+    if hardware_cfg.elastic and CACHE_CAPACITY not in env:
+        chosen[CACHE_CAPACITY] = "0"
     return chosen
 
 

@@ -6,6 +6,7 @@ Nothing here imports TensorFlow or Horovod: the launching process only composes,
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,11 +16,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from effdet.artifacts import HOSTFILE
 from effdet.errors import ConfigError, EffdetError
 from effdet.hardware.horovod_tuning import horovod_variables
-from effdet.hardware.ranks import launched_as_worker, rank_from_env, size_from_env
+from effdet.hardware.ranks import launched_as_elastic, launched_as_worker, rank_from_env, size_from_env
 from effdet.hardware.registry import backend_of
 
 RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "run.py")
 MULTI_WORKER_MODES = ("train", "train_and_eval", "eval")
+ELASTIC_MODES = ("train", "train_and_eval")
 # What each worker needs from the launching process's environment, when it is set there (mpirun passes only
 # the variables named with -x; horovodrun passes the whole environment to local workers and these over ssh),
 # and Horovod's own tuning (HOROVOD_CYCLE_TIME, HOROVOD_FUSION_THRESHOLD, ...: every HOROVOD_* variable).
@@ -65,17 +67,60 @@ def total_workers(hardware_cfg: Any) -> int:
 
 
 def needs_launch(hardware_cfg: Any) -> bool:
-    """Whether this process must start the workers itself: more than one is asked for, a launcher is chosen,
-    and this process is not already one rank of a launch (ours, or mpirun's / an MPIJob's)."""
-    return total_workers(hardware_cfg) > 1 and hardware_cfg.launcher != "none" and not launched_as_worker()
+    """Whether this process must start the workers itself: more than one is asked for (or an elastic job, which
+    may grow), a launcher is chosen, and this process is not already one rank of a launch (ours, or mpirun's /
+    an MPIJob's)."""
+    wanted = total_workers(hardware_cfg) > 1 or hardware_cfg.elastic
+    return wanted and hardware_cfg.launcher != "none" and not launched_as_worker()
 
 
 def check_mode_workers(mode: str, hardware_cfg: Any) -> None:
-    """Only modes that split their work over workers may have several: the others would each write the same files."""
+    """Only modes that split their work over workers may have several: the others would each write the same files.
+    An elastic job must be one that Horovod Elastic can run (check_elastic)."""
     count = size_from_env() if launched_as_worker() else total_workers(hardware_cfg)
     if count > 1 and mode not in MULTI_WORKER_MODES:
         raise ConfigError(f"mode={mode} runs in one process, and this job has {count} workers; use "
                           f"hardware.num_workers=1 (modes with several workers: {', '.join(MULTI_WORKER_MODES)})")
+    if hardware_cfg.elastic:
+        check_elastic(mode, hardware_cfg)
+
+
+def check_elastic(mode: str, hardware_cfg: Any) -> None:
+    """What Horovod Elastic needs, refused in one line each: Gloo through horovodrun (not MPI, not a device whose
+    collectives are its own), a training mode, a number of workers within the bounds, and more than one host
+    (Horovod removes a failed worker's whole host) or a discovery script."""
+    problem = backend_of(hardware_cfg).elastic_problem(hardware_cfg)
+    if problem:
+        raise ConfigError(f"hardware.elastic=true cannot run on hardware={hardware_cfg.name}: {problem}")
+    if hardware_cfg.launcher != "horovodrun":
+        raise ConfigError(f"hardware.elastic=true needs hardware.launcher=horovodrun, not {hardware_cfg.launcher}: "
+                          "Horovod Elastic runs on Gloo, started by horovodrun; MPI is not supported by it")
+    if launched_as_worker() and not launched_as_elastic():
+        raise ConfigError("hardware.elastic=true, but this process was started as a worker of a fixed group (an "
+                          "outside mpirun or horovodrun without elastic); run `python run.py hardware.elastic=true "
+                          "...` and let it start its workers")
+    if mode not in ELASTIC_MODES:
+        raise ConfigError(f"hardware.elastic=true is for training (mode={' or mode='.join(ELASTIC_MODES)}); "
+                          f"mode={mode} does not train: drop hardware.elastic")
+    count = total_workers(hardware_cfg)
+    if hardware_cfg.min_workers > count:
+        raise ConfigError(f"hardware.min_workers={hardware_cfg.min_workers} is more than the {count} worker(s) the "
+                          "job starts with (hardware.num_workers, hardware.hosts)")
+    if hardware_cfg.max_workers is not None and hardware_cfg.max_workers < count:
+        raise ConfigError(f"hardware.max_workers={hardware_cfg.max_workers} is less than the {count} worker(s) the "
+                          "job starts with (hardware.num_workers, hardware.hosts)")
+    script = hardware_cfg.discovery_script
+    if script:
+        if hardware_cfg.hosts:
+            raise ConfigError("hardware.hosts and hardware.discovery_script both say where the workers run: give "
+                              "one (the script, when hosts come and go)")
+        if not os.path.isfile(script) or not os.access(script, os.X_OK):
+            raise ConfigError(f"hardware.discovery_script={script} is not an executable file: it must print the "
+                              "available hosts, one `name:slots` a line (chmod +x it)")
+    elif len(parse_hosts(hardware_cfg.hosts, hardware_cfg.num_workers)) < 2:
+        raise ConfigError("hardware.elastic=true on one host cannot outlive a failure: Horovod Elastic takes a "
+                          "failed worker's whole host out of the job. List two or more in hardware.hosts, or give "
+                          "hardware.discovery_script")
 
 
 def worker_overrides(argv: Sequence[str]) -> List[str]:
@@ -120,12 +165,47 @@ def plan_launch(hardware_cfg: Any, run_dir: str, overrides: Sequence[str], pytho
                           + [arg for name in forwarded for arg in ("-x", name)]
                           + list(hardware_cfg.launcher_args) + command)
     elif hardware_cfg.launcher == "horovodrun":
-        launch.command = (["horovodrun", "-np", str(count), "-H", ",".join(f"{n}:{s}" for n, s in hosts), "--gloo"]
+        where = ["-H", ",".join(f"{n}:{s}" for n, s in hosts)]
+        if hardware_cfg.elastic:
+            bounds = ["--min-np", str(hardware_cfg.min_workers)] + \
+                (["--max-np", str(hardware_cfg.max_workers)] if hardware_cfg.max_workers else [])
+            if hardware_cfg.discovery_script:
+                where = ["--host-discovery-script", os.path.abspath(hardware_cfg.discovery_script)]
+            where = bounds + where + ["--elastic-timeout", str(hardware_cfg.elastic_timeout)]
+        interface = network_interface(hardware_cfg, hosts)
+        timeout = hardware_cfg.collective_timeout
+        launch.command = (["horovodrun", "-np", str(count), *where, "--gloo"]
+                          + (["--network-interface", interface] if interface else [])
+                          + (["--gloo-timeout-seconds", str(timeout)] if timeout else [])
                           + list(hardware_cfg.launcher_args) + command)
     else:
         raise ConfigError(f"hardware.launcher={hardware_cfg.launcher} cannot start {count} workers: choose "
                           "horovodrun or mpirun, or start them yourself (mpirun -np N python run.py ...)")
     return launch
+
+
+def network_interface(hardware_cfg: Any, hosts: List[Tuple[str, int]]) -> Optional[str]:
+    """hardware.network_interface; for an elastic job whose hosts are all this machine, the loopback (Horovod
+    Elastic otherwise looks for an interface that two hosts share, and waits for a second one)."""
+    if hardware_cfg.network_interface:
+        return hardware_cfg.network_interface
+    if hardware_cfg.elastic and not hardware_cfg.discovery_script and all(is_this_machine(h) for h, _ in hosts):
+        return "lo"
+    return None
+
+
+def is_this_machine(host: str) -> bool:
+    """Whether `host` names this machine: a loopback address, or this machine's own name or address."""
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        return False
+    if address.startswith("127."):
+        return True
+    try:
+        return address in socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        return False
 
 
 def launch_workers(hardware_cfg: Any, run_dir: str, overrides: Sequence[str]) -> Dict[str, Any]:
@@ -146,8 +226,10 @@ def launch_workers(hardware_cfg: Any, run_dir: str, overrides: Sequence[str]) ->
     print(f"starting {launch.num_workers} workers: {shlex.join(launch.command)}", flush=True)
     returncode = subprocess.run([program] + launch.command[1:], env={**os.environ, **launch.env}).returncode
     if returncode != 0:
+        lost = (f" Fewer than hardware.min_workers={hardware_cfg.min_workers} were left, or they failed together; "
+                "the same command resumes from the last checkpoint.") if hardware_cfg.elastic else ""
         raise EffdetError(f"the {launch.num_workers} workers ended with exit code {returncode}; their messages are "
-                          f"above (rank 0's log: {run_dir})")
+                          f"above (rank 0's log: {run_dir}).{lost}")
     return {"workers": launch.num_workers, "returncode": returncode}
 
 

@@ -14,6 +14,11 @@ def launched_as_worker() -> bool:
     return _first_int(_RANK_VARIABLES) is not None
 
 
+def launched_as_elastic() -> bool:
+    """True when horovodrun started this process as a worker of an elastic job (hardware.elastic)."""
+    return launched_as_worker() and os.environ.get("HOROVOD_ELASTIC", "") == "1"
+
+
 def rank_from_env() -> int:
     return _first_int(_RANK_VARIABLES) or 0
 

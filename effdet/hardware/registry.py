@@ -5,7 +5,7 @@ launcher and run.py ask the registered backend instead of knowing which devices 
 """
 import abc
 import logging
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from effdet.hardware.device import DeviceSetup
 from effdet.hardware.horovod_tuning import apply_horovod_variables, describe_cycle
@@ -30,6 +30,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def setup(self, hardware_cfg: Any) -> DeviceSetup:
         """Prepares this worker's device, before any model exists."""
+
+    def elastic_problem(self, hardware_cfg: Any) -> Optional[str]:
+        """Why an elastic job (hardware.elastic) cannot run on this device, or None when it can."""
+        return None
 
     def launch_environment(self, hardware_cfg: Any, hosts: List[Tuple[str, int]], run_dir: str,
                            env: Dict[str, str], files: Dict[str, str]) -> Dict[str, str]:

@@ -4,28 +4,48 @@ from typing import Any, List, Optional
 
 import tensorflow as tf
 
-from effdet.hardware.ranks import launched_as_worker
+from effdet.hardware.ranks import launched_as_elastic, launched_as_worker
 
 _horovod_workers = None  # once Horovod is initialised, every init_workers() call returns the same Workers
 
 
 class Workers:
-    def __init__(self, hvd=None):
-        self.hvd = hvd if hvd is not None and hvd.size() > 1 else None
-        self.rank = hvd.rank() if self.hvd else 0
-        self.size = hvd.size() if self.hvd else 1
-        self.local_rank = hvd.local_rank() if self.hvd else 0
-        self.local_size = hvd.local_size() if self.hvd else 1
+    """`elastic`: the number of workers may change while they run (Horovod Elastic); Horovod then stays in use
+    even when one worker is left, and `refresh()` reads the new places after each change."""
+
+    def __init__(self, hvd=None, elastic: bool = False):
+        self.elastic = elastic
+        self.hvd = hvd if hvd is not None and (elastic or hvd.size() > 1) else None
+        self.refresh()
+
+    def refresh(self) -> None:
+        """This worker's place, read again from Horovod (after an elastic job's workers changed)."""
+        self.rank = self.hvd.rank() if self.hvd else 0
+        self.size = self.hvd.size() if self.hvd else 1
+        self.local_rank = self.hvd.local_rank() if self.hvd else 0
+        self.local_size = self.hvd.local_size() if self.hvd else 1
 
     @property
     def is_chief(self) -> bool:
         """Rank 0: the only worker that writes checkpoints, logs and summaries."""
         return self.rank == 0
 
+    def size_tensor(self) -> tf.Tensor:
+        """The number of workers as a float32 tensor, read when a traced step runs: an elastic job's steps are
+        traced once and run on any number of workers."""
+        if self.elastic and self.hvd:
+            return tf.cast(self.hvd.size_op(), tf.float32)
+        return tf.constant(float(self.size))
+
     def sum(self, value: tf.Tensor) -> tf.Tensor:
         if not self.hvd:
             return value
         return self.hvd.allreduce(value, op=self.hvd.Sum)
+
+    def max(self, value: tf.Tensor) -> tf.Tensor:
+        if not self.hvd:
+            return value
+        return self.hvd.allreduce(value, op=self.hvd.Max)
 
     def average_gradients(self, gradients: List[tf.Tensor]) -> List[tf.Tensor]:
         if not self.hvd:
@@ -68,5 +88,5 @@ def init_workers(use_horovod: Optional[bool] = None) -> Workers:
     global _horovod_workers
     if _horovod_workers is None:
         hvd.init()
-        _horovod_workers = Workers(hvd)
+        _horovod_workers = Workers(hvd, elastic=launched_as_elastic())
     return _horovod_workers

@@ -2,6 +2,7 @@
 import tensorflow as tf
 
 from effdet.config.schema import BatchNormConfig, default_of
+from effdet.hardware.ranks import launched_as_elastic
 from effdet.model.recompute import RecomputeAwareNorm, random_uniform
 from effdet.registry import Registry
 
@@ -38,6 +39,24 @@ def keras_batch_norm(name: str, momentum: float, epsilon: float, **kwargs):
 _sync_batch_norm = None  # the class, made on first use: Horovod is imported only when a model asks for it
 
 
+class GroupMoments:
+    """Synchronized batch norm's moments: mean and variance over the global batch, all-reduced as the average of
+    each worker's mean and mean of squares (the workers' batches are equal). Horovod's layer divides by the
+    number of workers it had when the step was traced; this averages over those there are when it runs, which
+    in an elastic job (hardware.elastic) changes under a step traced once."""
+
+    def _moments(self, inputs, reduction_axes, keep_dims, **kwargs):
+        import horovod.tensorflow as hvd
+
+        mean, variance = tf.keras.layers.BatchNormalization._moments(self, inputs, reduction_axes,
+                                                                     keep_dims=keep_dims, **kwargs)
+        if hvd.size() == 1 and not launched_as_elastic():
+            return mean, variance
+        group = hvd.allreduce(tf.stack([mean, variance + tf.square(mean)]), op=hvd.Average)
+        group_mean, group_mean_of_square = tf.unstack(group)
+        return group_mean, group_mean_of_square - tf.square(group_mean)
+
+
 @NORMALIZATIONS.register("sync_batch_norm")
 def sync_batch_norm(name: str, momentum: float, epsilon: float, **kwargs):
     """Batch norm whose moments are all-reduced over the Horovod workers (the global batch)."""
@@ -50,8 +69,10 @@ def sync_batch_norm(name: str, momentum: float, epsilon: float, **kwargs):
         ) from error
     global _sync_batch_norm
     if _sync_batch_norm is None:
-        _sync_batch_norm = type("SyncBatchNormalization", (RecomputeAwareNorm, hvd.SyncBatchNormalization),
-                                {"__doc__": "Horovod's synchronized batch norm, aware of recomputation."})
+        _sync_batch_norm = type("SyncBatchNormalization",
+                                (GroupMoments, RecomputeAwareNorm, hvd.SyncBatchNormalization),
+                                {"__doc__": "Horovod's synchronized batch norm, aware of recomputation and of a "
+                                            "number of workers that changes."})
     return _sync_batch_norm(momentum=momentum, epsilon=epsilon, name=name, **kwargs)
 
 

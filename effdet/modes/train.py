@@ -13,6 +13,7 @@ from effdet.data.pipeline import Shard
 from effdet.data.reader import describe_counts
 from effdet.data.sources import build_source
 from effdet.errors import CheckpointError, ConfigError
+from effdet.hardware.launch import total_workers
 from effdet.hardware.workers import init_workers
 from effdet.model.builder import build_model
 from effdet.model.checkpoint import load_weights, resolve_checkpoint
@@ -22,6 +23,7 @@ from effdet.modes.registry import MODES
 from effdet.provenance import check_resume
 from effdet.train.builder import build_loss, build_optimization, set_precision, steps_of
 from effdet.train.curves import plot_training_curves
+from effdet.train.elastic import elastic_training
 from effdet.train.hooks import Evaluation, build_hooks, evaluation_interval, read_history
 from effdet.train.trainer import Trainer, TrainSettings
 
@@ -62,9 +64,13 @@ def build_training(cfg: Any, run_dir: str) -> Training:
     labeler = build_labeler(cfg.model)
     model = build_model(cfg.model, source.num_classes)
     set_recompute(model, trainer_cfg.recompute)
-    global_batch = trainer_cfg.batch_size * workers.size
+    # An elastic job's plan (its steps, its schedule's shape) is the one of the workers it starts with, which
+    # every worker, one added later too, reads from the config; the learning rate follows the workers there are.
+    planned_workers = total_workers(cfg.hardware) if workers.elastic else workers.size
+    global_batch = trainer_cfg.batch_size * planned_workers
     steps_per_epoch, total_steps = steps_of(trainer_cfg, source.num_train_examples, global_batch)
-    schedule, optimizer = build_optimization(cfg.optimizer, global_batch, steps_per_epoch, total_steps, loss_scaling)
+    schedule, optimizer = build_optimization(cfg.optimizer, global_batch, steps_per_epoch, total_steps, loss_scaling,
+                                             elastic_workers=planned_workers if workers.elastic else None)
     settings = TrainSettings(
         total_steps=total_steps, steps_per_epoch=steps_per_epoch, batch_size=trainer_cfg.batch_size,
         clip_gradient_norm=trainer_cfg.clip_gradient_norm, weight_decay=trainer_cfg.weight_decay,
@@ -76,9 +82,11 @@ def build_training(cfg: Any, run_dir: str) -> Training:
     pipeline = build_input(cfg.data, source, labeler, "train")
     corrupt = pipeline.corrupt
     if corrupt is not None:  # the bad-record fraction is judged against at least one pass over this worker's part
-        corrupt.expected_records = -(-source.num_train_examples // workers.size)
+        # (an elastic job's workers each read every record)
+        corrupt.expected_records = source.num_train_examples if workers.elastic else \
+            -(-source.num_train_examples // workers.size)
     trainer = Trainer(model, loss, optimizer, build_ema(model, trainer_cfg.ema_decay), workers, run_dir, settings,
-                      learning_rate=schedule, corrupt=corrupt)
+                      learning_rate=schedule, corrupt=corrupt, track_position=workers.elastic)
 
     def initialize():
         if trainer_cfg.backbone_ckpt:
@@ -92,9 +100,16 @@ def build_training(cfg: Any, run_dir: str) -> Training:
     if trainer_cfg.recompute != "none":
         log.info("recomputing activations in the backward pass: %s (trainer.recompute=%s)",
                  ", ".join(recomputed_layers(model, trainer_cfg.recompute)), trainer_cfg.recompute)
+    if workers.elastic:
+        log.info("elastic: %d to %s workers, commits every %d steps; the plan is for %d workers, the learning rate "
+                 "follows the global batch", cfg.hardware.min_workers, cfg.hardware.max_workers or "any number of",
+                 trainer_cfg.elastic_commit_every_n_steps, planned_workers)
     shard = Shard(workers.rank, workers.size)
 
     def dataset_at(step):
+        if workers.elastic:  # one order for any number of workers, from where the last step ended
+            return pipeline.train_stream(trainer_cfg.batch_size, Shard(workers.rank, workers.size),
+                                         int(trainer.position))
         return pipeline.train(trainer_cfg.batch_size, shard, start_example=step * trainer_cfg.batch_size)
 
     return Training(trainer, dataset_at, model, source, labeler, workers)
@@ -135,17 +150,16 @@ def _train(cfg: Any, run_dir: str, eval_every_n_epochs: Optional[float], eval_at
 
     evaluation = Evaluation(evaluate, evaluation_interval(settings.steps_per_epoch, eval_every_n_epochs),
                             at_end=eval_at_end) if can_evaluate else None
+    elastic = elastic_training(trainer, cfg.trainer.elastic_commit_every_n_steps)
     try:
-        summary = trainer.fit(job.dataset_at, build_hooks(trainer, evaluation))
+        summary = trainer.fit(job.dataset_at, build_hooks(trainer, evaluation, elastic and elastic.commit), elastic)
     finally:
         for recorded in evaluations:
             recorded.close()
     result = {"eval": evaluation.last} if evaluation is not None and evaluation.results else {}
-    corrupt = trainer.corrupt_summary()
-    if corrupt is not None:
-        summary["corrupt_records"] = corrupt
-        if corrupt["corrupt"] and workers.is_chief:
-            log.warning("bad training records were skipped (data.on_corrupt=skip):\n%s", describe_counts(corrupt))
+    corrupt = summary.get("corrupt_records")
+    if corrupt is not None and corrupt["corrupt"] and workers.is_chief:
+        log.warning("bad training records were skipped (data.on_corrupt=skip):\n%s", describe_counts(corrupt))
     result["train"] = summary
     if workers.is_chief:  # the whole run's curves, across resumes; this job's figures for a sweep's summary
         with open(os.path.join(run_dir, TRAIN_SUMMARY), "w") as handle:

@@ -1,12 +1,12 @@
 """Config → the pieces of a training run: precision, optimizer with its schedule, EMA, loss."""
 import math
-from typing import Any, Tuple
+from typing import Any, Optional, Tuple
 
 import tensorflow as tf
 
 from effdet.errors import ConfigError
 from effdet.train.losses import DetectionLoss
-from effdet.train.optim import build_optimizer, build_schedule, scaled_learning_rate
+from effdet.train.optim import WorkerScaledSchedule, build_optimizer, build_schedule, scaled_learning_rate
 
 # trainer.precision and hardware.precision → Keras dtype policy (the schema's choices for both)
 PRECISION_POLICIES = {"fp32": "float32", "mixed_float16": "mixed_float16", "mixed_bfloat16": "mixed_bfloat16"}
@@ -28,13 +28,17 @@ def steps_of(trainer_cfg: Any, num_examples: int, global_batch: int) -> Tuple[in
 
 
 def build_optimization(optimizer_cfg: Any, global_batch: int, steps_per_epoch: int, total_steps: int,
-                       loss_scaling: bool):
-    """The learning-rate schedule (the paper's: base × global batch / 64, warm-up, decay) and the optimizer."""
+                       loss_scaling: bool, elastic_workers: Optional[int] = None):
+    """The learning-rate schedule (the paper's: base × global batch / 64, warm-up, decay) and the optimizer.
+    `elastic_workers`: the number of workers `global_batch` is for, in a job whose number changes; the rate then
+    follows the number there are (WorkerScaledSchedule.set_workers)."""
     base_lr = scaled_learning_rate(optimizer_cfg.lr, global_batch)
     warmup_init = scaled_learning_rate(optimizer_cfg.lr_warmup_init, global_batch)
     warmup_steps = min(int(math.ceil(optimizer_cfg.lr_warmup_epoch * steps_per_epoch)), total_steps - 1)
     schedule = build_schedule(optimizer_cfg.schedule, base_lr=base_lr, warmup_init=min(warmup_init, base_lr),
                               warmup_steps=max(warmup_steps, 0), total_steps=total_steps)
+    if elastic_workers is not None:
+        schedule = WorkerScaledSchedule(schedule, elastic_workers)
     options = {"momentum": optimizer_cfg.momentum} if optimizer_cfg.name == "sgd" else \
         {"beta_1": optimizer_cfg.momentum}
     optimizer = build_optimizer(optimizer_cfg.name, schedule, jit_compile=False, **options)

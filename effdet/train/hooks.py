@@ -10,6 +10,9 @@ The contract (every method is optional):
   end calls `trainer.request_stop(why)`: the workers agree on it after the next loop, save a checkpoint and stop.
 - `after_fit(trainer, outcome)`: once, `outcome` being "done" (total_steps reached), "stopped" (a stop request)
   or "failed" (an error is on its way up: release what you hold, start nothing long).
+- `after_reset(trainer, step)`: in an elastic job (hardware.elastic), on every worker after the workers changed:
+  training goes on from `step` (the last commit; later steps are trained again), with `trainer.workers`
+  holding the new ranks and size. This process may have just become rank 0.
 - `paused_seconds`: wall time the hook spent on work that is not training (evaluation), left out of the
   trainer's images per second.
 
@@ -46,6 +49,9 @@ class Hook:
     def after_fit(self, trainer, outcome: str) -> None:
         pass
 
+    def after_reset(self, trainer, step: int) -> None:
+        pass
+
 
 def every(n: int, step: int) -> int:
     """The first multiple of `n` after `step`."""
@@ -79,10 +85,11 @@ class History(Hook):
         self.path = os.path.join(run_dir, TRAIN_HISTORY)
         self.tensorboard_dir = os.path.join(run_dir, TENSORBOARD)
         self.entries: Deque[Dict[str, float]] = collections.deque(maxlen=keep)
-        self._writer = None
+        self._writer, self._chief = None, False
 
     def before_fit(self, trainer):
-        self._writer = tf.summary.create_file_writer(self.tensorboard_dir) if trainer.workers.is_chief \
+        self._chief = trainer.workers.is_chief
+        self._writer = tf.summary.create_file_writer(self.tensorboard_dir) if self._chief \
             else tf.summary.create_noop_writer()
 
     def after_loop(self, trainer, step, losses):
@@ -91,6 +98,8 @@ class History(Hook):
             entry["learning_rate"] = float(trainer.learning_rate(step))
         if trainer.corrupt_met:  # bad records met so far, over all workers (clean runs keep their usual curves)
             entry["corrupt_records"] = trainer.corrupt_met
+        if trainer.workers.elastic:  # how many trained this step
+            entry["workers"] = trainer.workers.size
         self.entries.append(entry)
         if trainer.workers.is_chief:
             with open(self.path, "a") as handle:
@@ -104,6 +113,35 @@ class History(Hook):
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+    def after_reset(self, trainer, step):
+        """The steps after `step` are trained again: their lines go, so that the file has every step once.
+        A worker that has just become rank 0 takes over the file and TensorBoard."""
+        while self.entries and self.entries[-1]["step"] > step:
+            self.entries.pop()
+        if trainer.workers.is_chief != self._chief and self._writer is not None:
+            self._writer.close()
+            self.before_fit(trainer)
+        if not trainer.workers.is_chief:
+            return
+        kept = [line for line in _lines(self.path) if _step_of(line) is not None and _step_of(line) <= step]
+        with open(self.path + ".tmp", "w") as handle:
+            handle.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
+
+
+def _lines(path: str) -> List[str]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [line if line.endswith("\n") else line + "\n" for line in handle if line.strip()]
+
+
+def _step_of(line: str) -> Optional[int]:
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def read_history(path: str) -> List[Dict[str, float]]:
@@ -134,6 +172,9 @@ class ConsoleLog(Hook):
 
     def before_fit(self, trainer):
         self._started = self._last = (time.perf_counter(), int(trainer.step))
+
+    def after_reset(self, trainer, step):
+        self.before_fit(trainer)  # speed and time left from the new workers' steps only
 
     def next_boundary(self, step):
         return every(self.every_n_steps, step)
@@ -182,6 +223,14 @@ class ProgressBar(Hook):
             self._bar.close()
             self._bar = None
 
+    def after_reset(self, trainer, step):
+        if self._bar is None:
+            self.before_fit(trainer)  # this worker has become rank 0
+        else:
+            self._bar.reset(total=trainer.settings.total_steps)
+            self._bar.update(step)
+        self._step = step
+
 
 class PeriodicCheckpoint(Hook):
     """A checkpoint every `every_n_steps` steps and at the last step (rank 0 writes it)."""
@@ -223,6 +272,10 @@ class Evaluation(Hook):
             trainer.save()
             self.results[int(trainer.step)] = self.evaluate(int(trainer.step))
 
+    def after_reset(self, trainer, step):
+        for later in [evaluated for evaluated in self.results if evaluated > step]:
+            del self.results[later]  # of weights that are trained again
+
     @property
     def last(self) -> Optional[dict]:
         return self.results[max(self.results)] if self.results else None
@@ -255,13 +308,15 @@ def evaluation_interval(steps_per_epoch: int, every_n_epochs: Optional[float]) -
     return max(1, int(round(every_n_epochs * steps_per_epoch)))
 
 
-def build_hooks(trainer, evaluation: Optional[Evaluation] = None) -> List[Hook]:
+def build_hooks(trainer, evaluation: Optional[Evaluation] = None, commit: Optional[Hook] = None) -> List[Hook]:
     """The hooks of a training run, in the order they run after each loop:
     1. StopOnSignal first, so that a signal during any later hook's work (a long evaluation) is caught;
     2. History before anything that can fail, so that a step's losses are on disk even if its checkpoint is not;
     3. ConsoleLog and ProgressBar show what was just recorded;
     4. PeriodicCheckpoint before Evaluation, so that the weights being evaluated are on disk;
-    5. Evaluation last: the slowest, and it closes the run (after_fit) once the others are done."""
+    5. Evaluation: the slowest, and it closes the run (after_fit) once the others are done;
+    6. an elastic job's commit (effdet/train/elastic.py) after everything a step's hooks do, so that a change
+       of workers never makes a committed step's work (its evaluation) run twice."""
     settings = trainer.settings
     hooks = [StopOnSignal(), History(trainer.run_dir), ConsoleLog(settings.log_every_n_steps)]
     if settings.progress_bar:
@@ -269,6 +324,8 @@ def build_hooks(trainer, evaluation: Optional[Evaluation] = None) -> List[Hook]:
     hooks.append(PeriodicCheckpoint(settings.checkpoint_every_n_steps))
     if evaluation is not None:
         hooks.append(evaluation)
+    if commit is not None:
+        hooks.append(commit)
     return hooks
 
 

@@ -157,7 +157,7 @@ class DetectionLoss:
         normalizer = self.workers.sum(tf.reduce_sum(tf.cast(targets["num_positives"], tf.float32))) + 1.0
         # Each worker's sum is divided by the global count; gradients are then averaged over workers, so
         # the worker count is multiplied back in.
-        scale = self.workers.size / normalizer
+        scale = self.workers.size_tensor() / normalizer
         sums = self._sums(outputs[0], outputs[1], targets)
         losses = {key: value * scale for key, value in sums.items()}
         total = losses["class_loss"] + self.box_loss_weight * losses["box_loss"]

@@ -136,6 +136,27 @@ class PolynomialSchedule(_WarmupSchedule):
         return {**super().get_config(), "power": self.power}
 
 
+class WorkerScaledSchedule(tf.keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` (built for the global batch of `planned_workers` workers) times the workers there are now
+    over `planned_workers`: the linear scaling rule, for an elastic job whose number of workers changes. Every
+    rate of the schedules above is linear in the global batch, so this is the schedule the job would have been
+    built with for the new global batch, on the same steps."""
+
+    def __init__(self, schedule, planned_workers: int):
+        super().__init__()
+        self.schedule, self.planned_workers = schedule, int(planned_workers)
+        self.workers = tf.Variable(self.planned_workers, dtype=tf.float32, trainable=False, name="schedule_workers")
+
+    def set_workers(self, count: int) -> None:
+        self.workers.assign(float(count))
+
+    def __call__(self, step):
+        return self.schedule(step) * (self.workers * (1.0 / self.planned_workers))
+
+    def get_config(self):
+        return {"schedule": self.schedule.get_config(), "planned_workers": self.planned_workers}
+
+
 @OPTIMIZERS.register("sgd")
 def sgd(learning_rate, momentum: float = default_of(OptimizerConfig, "momentum"), nesterov: bool = False,
         jit_compile: bool = True):

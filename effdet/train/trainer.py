@@ -3,13 +3,14 @@ with checkpoints that survive crashes, automatic resume, and a guard against non
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from effdet.artifacts import checkpoint_dir
 from effdet.config.schema import TrainerConfig, default_of
+from effdet.data.pipeline import POSITIONS_PER_EPOCH
 from effdet.data.reader import (CorruptDataError, CorruptRecords, describe_counts, merge_counts, over_threshold,
                                 stop_reason)
 from effdet.errors import DataError, EffdetError
@@ -45,22 +46,39 @@ class TrainSettings:
 
 class Trainer:
     def __init__(self, model: tf.keras.Model, loss_fn: Callable, optimizer, ema, workers: Workers, run_dir: str,
-                 settings: TrainSettings, learning_rate: Callable = None, corrupt: Optional[CorruptRecords] = None):
+                 settings: TrainSettings, learning_rate: Callable = None, corrupt: Optional[CorruptRecords] = None,
+                 track_position: bool = False):
         self.model, self.loss_fn, self.optimizer, self.ema = model, loss_fn, optimizer, ema
         self.workers, self.run_dir, self.settings = workers, run_dir, settings
         self.learning_rate = learning_rate
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
         self.skipped_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="skipped_steps")
+        # track_position (an elastic job): the input gives each batch's places in one global order of examples
+        # (InputPipeline.train_stream), and this is the place after the last step's last example, on every
+        # worker: where training goes on from after the workers change, or after a resume.
+        self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="input_position") \
+            if track_position else None
+        state = {"input_position": self.position} if track_position else {}
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, ema=ema, step=self.step,
-                                              skipped_steps=self.skipped_steps)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoint_dir(run_dir),
-                                                  max_to_keep=settings.keep_checkpoint_max, checkpoint_name="ckpt")
+                                              skipped_steps=self.skipped_steps, **state)
+        self.manager = self._checkpoint_manager()
         self._saved_step: Optional[int] = None  # the step of the checkpoint this process wrote or restored last
         self._stop_requested: Optional[str] = None
         # The training input's bad records (this worker's readers count them); None: nothing to watch.
         self.corrupt = corrupt
         self.corrupt_met = 0  # over all workers, as of the last loop
+        self.images_trained = 0  # by this fit's steps, over all workers
         self._loop = self._build_loop()
+
+    def _checkpoint_manager(self) -> tf.train.CheckpointManager:
+        return tf.train.CheckpointManager(self.checkpoint, checkpoint_dir(self.run_dir),
+                                          max_to_keep=self.settings.keep_checkpoint_max, checkpoint_name="ckpt")
+
+    @property
+    def state_variables(self) -> List[tf.Variable]:
+        """Everything a step changes, that all workers hold alike: weights, optimizer, EMA, step, position."""
+        return (self.model.variables + self.optimizer.variables + list(self.ema.shadow_variables)
+                + [self.step, self.skipped_steps] + ([self.position] if self.position is not None else []))
 
     # --- state ----------------------------------------------------------------------------------------------
 
@@ -70,15 +88,29 @@ class Trainer:
         self.optimizer.build(self.model.trainable_variables)
         latest = self.manager.latest_checkpoint
         if latest:
-            self.checkpoint.read(latest).assert_existing_objects_matched()
+            self._read(latest)
             self._saved_step = int(self.step)
             log.info("resumed from %s at step %d", latest, int(self.step))
         elif initialize is not None:
             initialize()
             self.ema.reset()
-        self.workers.broadcast(self.model.variables + self.optimizer.variables + list(self.ema.shadow_variables)
-                               + [self.step, self.skipped_steps])
+        if not self.workers.elastic:  # an elastic job's workers take rank 0's state when its first step begins
+            self.workers.broadcast(self.state_variables)
         return int(self.step)
+
+    def _read(self, path: str) -> None:
+        if self.position is None or tf.train.load_checkpoint(path).has_tensor(
+                "input_position/.ATTRIBUTES/VARIABLE_VALUE"):
+            self.checkpoint.read(path).assert_existing_objects_matched()
+            return
+        # Written by a job that was not elastic: its input had no global order to be placed in, so this one
+        # starts at the beginning of the epoch that the step had reached.
+        tf.train.Checkpoint(model=self.model, optimizer=self.optimizer, ema=self.ema, step=self.step,
+                            skipped_steps=self.skipped_steps).read(path).assert_existing_objects_matched()
+        epoch = int(self.step) // self.settings.steps_per_epoch
+        self.position.assign(epoch * POSITIONS_PER_EPOCH)
+        log.warning("%s was written without hardware.elastic: the input starts again at the beginning of epoch %d",
+                    path, epoch)
 
     def save(self) -> Optional[str]:
         """Writes a checkpoint of this step (rank 0 only; once: a second call at the same step returns the first's
@@ -120,7 +152,10 @@ class Trainer:
         if settings.xla:  # the collective stays outside the compiled part: Horovod's ops are not XLA ops
             forward_backward = tf.function(forward_backward, jit_compile=True)
 
-        def train_step(images, targets):
+        def train_step(batch):
+            images, targets = batch[0], batch[1]
+            if self.position is not None:  # the place after the step's last example, over all workers
+                self.position.assign(self.workers.max(tf.reduce_max(batch[2])) + 1)
             losses, gradients = forward_backward(images, targets)
             gradients = self.workers.average_gradients(gradients)
             gradients, norm = tf.clip_by_global_norm(gradients, settings.clip_gradient_norm)
@@ -148,7 +183,7 @@ class Trainer:
         @tf.function(autograph=False)
         def loop(iterator, steps):
             def body(i, sums):
-                losses = train_step(*next(iterator))
+                losses = train_step(next(iterator))
                 return i + 1, {k: sums[k] + tf.cast(losses[k], tf.float32) for k in keys}
 
             zeros = {k: tf.constant(0.0) for k in keys}
@@ -161,26 +196,47 @@ class Trainer:
 
     # --- the loop -------------------------------------------------------------------------------------------
 
-    def fit(self, dataset_at: Callable[[int], tf.data.Dataset], hooks: Sequence[Hook] = ()) -> Dict[str, Any]:
+    def fit(self, dataset_at: Callable[[int], tf.data.Dataset], hooks: Sequence[Hook] = (),
+            elastic: Optional[Callable] = None) -> Dict[str, Any]:
         """Trains from the current step to settings.total_steps, unless a stop request (a signal, a hook) or bad
         data end it first. `dataset_at(step)` gives this worker's batches from that step; `hooks` (usually
-        `build_hooks(trainer)`, effdet/train/hooks.py) do everything around the loop."""
-        start_step = int(self.step)
-        iterator = iter(dataset_at(start_step))
+        `build_hooks(trainer)`, effdet/train/hooks.py) do everything around the loop. `elastic`: runs the
+        training (`finish`) so that it survives workers coming and going (effdet/train/elastic.py)."""
         started = time.perf_counter()
+        self.images_trained = 0
         try:
             for hook in hooks:
                 hook.before_fit(self)
-            outcome = self._train(iterator, hooks)
+            if elastic is None:
+                outcome, corrupt = self.finish(dataset_at, hooks)
+            else:
+                outcome, corrupt = elastic(self, dataset_at, hooks)
         except BaseException:
             self._close(hooks, "failed")
             raise
         seconds = time.perf_counter() - started - sum(hook.paused_seconds for hook in hooks)
+        summary = {"step": int(self.step), "stopped_early": outcome != "done",
+                   "skipped_steps": int(self.skipped_steps), "seconds": seconds,
+                   "images_per_second": self.images_trained / max(seconds, 1e-9)}
+        if corrupt is not None:
+            summary["corrupt_records"] = corrupt
+        return summary
+
+    def finish(self, dataset_at: Callable[[int], tf.data.Dataset], hooks: Sequence[Hook]):
+        """Trains to the end and closes the hooks (every worker together: the end's evaluation and the bad-record
+        summary are collectives); returns the outcome and every worker's bad training records (or None)."""
+        outcome = self._train(iter(dataset_at(int(self.step))), hooks)
         self._close(hooks, outcome)
-        trained = int(self.step) - start_step
-        return {"step": int(self.step), "stopped_early": outcome != "done",
-                "skipped_steps": int(self.skipped_steps), "seconds": seconds,
-                "images_per_second": trained * self.settings.batch_size * self.workers.size / max(seconds, 1e-9)}
+        return outcome, self.corrupt_summary()
+
+    def adapt_to_workers(self) -> None:
+        """After the workers changed (an elastic job): the learning rate for their global batch, a checkpoint
+        manager that reads what an earlier rank 0 wrote. The step is not traced again: what in it depends on
+        the number of workers reads it when it runs (Workers.size_tensor, averaging collectives)."""
+        if hasattr(self.learning_rate, "set_workers"):
+            self.learning_rate.set_workers(self.workers.size)
+        self.manager = self._checkpoint_manager()
+        self._saved_step = None  # steps after the last commit are trained again, and their checkpoints rewritten
 
     def request_stop(self, why: str) -> None:
         """Asks the workers to stop after the current loop, with a checkpoint (a signal handler's or a hook's
@@ -195,6 +251,7 @@ class Trainer:
             boundaries = [b for b in (hook.next_boundary(begin) for hook in hooks) if b is not None]
             losses = self._run_loop(iterator, min([begin + self.settings.steps_per_loop, total, *boundaries]))
             step = int(self.step)
+            self.images_trained += (step - begin) * self.settings.batch_size * self.workers.size
             signalled, data_problem = self._agree_to_stop()
             if losses["finite"] < 1:
                 self._on_nonfinite(step, step - begin)

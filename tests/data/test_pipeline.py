@@ -10,7 +10,8 @@ from PIL import Image
 
 from effdet.data import augment
 from effdet.data.example import DetectionRecord, to_example
-from effdet.data.pipeline import Augmentation, InputPipeline, Shard
+from effdet.data.fake import FakeInput
+from effdet.data.pipeline import POSITIONS_PER_EPOCH, Augmentation, InputPipeline, Shard, split_position
 from effdet.data.targets import AnchorLabeler
 from effdet.errors import DataError
 
@@ -298,3 +299,55 @@ def test_training_images_keep_their_padding_bottom_right_whether_flipped_or_not(
     assert (images[:, 48:] == 0).all() and (images[:, :, 64:] == 0).all()
     red_left = [(image[..., 0] > 200)[:, :32].sum() > (image[..., 0] > 200)[:, 32:64].sum() for image in images]
     assert 0 < sum(red_left) < len(images)  # some flipped (rectangle at 40-100 of 160 is right of centre)
+
+
+def distinct_records(folder, shards=2, per_shard=5):
+    """Shards of images that differ from each other: each record's rectangle sits elsewhere."""
+    for shard in range(shards):
+        write_records(folder / f"distinct-{shard:05d}-of-{shards:05d}.tfrecord",
+                      [rectangle_record(shard * per_shard + i, box=(10 + 6 * i, 12 + 9 * shard, 70 + 6 * i, 90))
+                       for i in range(per_shard)])
+    return str(folder / "distinct-*")
+
+
+def stream_examples(pipeline, shard, position, steps):
+    """{position: image} of what one worker's `steps` batches of train_stream hold."""
+    found = {}
+    for images, _, positions in pipeline.train_stream(2, shard, position).take(steps):
+        for image, key in zip(images.numpy(), positions.numpy()):
+            assert int(key) not in found
+            found[int(key)] = image
+    return found
+
+
+def test_an_elastic_stream_trains_every_example_once_in_one_order_whatever_the_number_of_workers(tmp_path):
+    """train_stream (hardware.elastic): three workers for two steps, then two from where they ended, see one
+    global order, each place once, the same examples (records and augmentation) as one worker alone, and epochs
+    whose places cover every record."""
+    pipeline = InputPipeline(distinct_records(tmp_path), labeler(), seed=3, shuffle_buffer=4)
+    alone = stream_examples(pipeline, Shard(), 0, 15)  # 30 places: three epochs of 10
+    epoch = POSITIONS_PER_EPOCH
+    assert sorted(alone) == [e * epoch + i for e in range(3) for i in range(10)]
+    seen, position = {}, 0
+    for count, steps in ((3, 2), (2, 4)):
+        for rank in range(count):
+            part = stream_examples(pipeline, Shard(rank, count), position, steps)
+            assert not set(part) & set(seen)
+            seen.update(part)
+        position = max(seen) + 1
+    assert sorted(seen) == sorted(alone)[:28]  # 3 × 2 × 2, then 2 × 4 × 2: nothing skipped or repeated
+    for key, image in seen.items():
+        np.testing.assert_array_equal(image, alone[key])
+    # an epoch's places are its records, each once: the images of epoch 0 are ten different records
+    assert len({alone[i].tobytes() for i in range(10)}) == 10
+    assert split_position(position) == (2, 8)
+    # a run that stopped at an epoch's end goes on with the next epoch
+    after_epoch = stream_examples(pipeline, Shard(), 10, 1)
+    assert sorted(after_epoch) == [epoch, epoch + 1]
+    np.testing.assert_array_equal(after_epoch[epoch], alone[epoch])
+
+
+def test_fake_input_gives_an_elastic_stream_its_positions():
+    fake = FakeInput(labeler(), 3)
+    positions = [p.numpy().tolist() for _, _, p in fake.train_stream(2, Shard(1, 3), position=12).take(2)]
+    assert positions == [[13, 16], [19, 22]]

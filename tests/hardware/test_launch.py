@@ -12,12 +12,13 @@ from effdet.errors import ConfigError
 from effdet.hardware import setup_hardware
 from effdet.hardware.gaudi import MISSING_BRIDGE, hcl_config, module_id, require_habana
 from effdet.hardware.gpu import Gpu
-from effdet.hardware.launch import RUN_PY, check_mode_workers, needs_launch, parse_hosts, plan_launch, worker_overrides
+from effdet.hardware.launch import (RUN_PY, check_mode_workers, is_this_machine, needs_launch, parse_hosts, plan_launch,
+                                   worker_overrides)
 from tests.conftest import compose, run_cli
 
 RUN_DIR = "/runs/job"
 LAUNCH_VARIABLES = ("HOROVOD_RANK", "HOROVOD_LOCAL_RANK", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_RANK",
-                    "PMI_RANK", "PMIX_RANK", "HCL_CONFIG_PATH")
+                    "PMI_RANK", "PMIX_RANK", "HCL_CONFIG_PATH", "HOROVOD_ELASTIC")
 
 
 @pytest.fixture(autouse=True)
@@ -198,3 +199,69 @@ def test_without_habanas_bridge_a_gaudi_job_stops_before_any_work_and_says_what_
     assert "This job would run 8 workers" in dry.stdout and "mpirun" in dry.stdout and '"HCL_RANKS"' in dry.stdout
     assert sys.executable in dry.stdout
     assert not (tmp_path / "dry" / "hostfile").exists() and not (tmp_path / "dry" / "hcl_config.json").exists()
+
+
+def test_an_elastic_job_is_started_by_horovodrun_in_elastic_mode_without_horovods_response_cache():
+    launch = plan("hardware.elastic=true", "hardware.hosts=[node1:2,node2:2]", "hardware.min_workers=2",
+                  "hardware.max_workers=6")
+    assert launch.command == ["horovodrun", "-np", "4", "--min-np", "2", "--max-np", "6", "-H", "node1:2,node2:2",
+                              "--elastic-timeout", "600", "--gloo"] + worker_part()
+    assert launch.env == {"HOROVOD_CYCLE_TIME": "20", "HOROVOD_CACHE_CAPACITY": "0"}
+    kept = plan("hardware.elastic=true", "hardware.hosts=[node1,node2]", env={"HOROVOD_CACHE_CAPACITY": "64"})
+    assert "HOROVOD_CACHE_CAPACITY" not in kept.env  # the user's own value stays
+
+
+def test_an_elastic_job_on_this_machines_names_talks_over_the_loopback_and_a_discovery_script_replaces_the_hosts(
+        tmp_path):
+    assert is_this_machine("localhost") and is_this_machine("127.0.0.1") and not is_this_machine("node1.invalid")
+    local = plan("hardware.elastic=true", "hardware.hosts=[localhost:1,127.0.0.1:1]", "hardware.collective_timeout=5")
+    assert local.command[local.command.index("--gloo") + 1:][:4] == ["--network-interface", "lo",
+                                                                      "--gloo-timeout-seconds", "5"]
+    script = tmp_path / "hosts.sh"
+    script.write_text("#!/bin/sh\necho node1:4\n")
+    script.chmod(0o755)
+    launch = plan("hardware.elastic=true", f"hardware.discovery_script={script}", "hardware.num_workers=4",
+                  "hardware.network_interface=eth0", "hardware.elastic_timeout=60")
+    assert launch.command[:12] == ["horovodrun", "-np", "4", "--min-np", "1", "--host-discovery-script", str(script),
+                                   "--elastic-timeout", "60", "--gloo", "--network-interface", "eth0"]
+    assert needs_launch(hardware("hardware.elastic=true", f"hardware.discovery_script={script}"))  # even one worker
+
+
+@pytest.mark.parametrize("overrides, mode, message", [
+    (["hardware.hosts=[a,b]"], "train_and_eval", None),
+    (["hardware=hls1", "hardware.hosts=[a,b]"], "train",
+     "cannot run on hardware=hls1: Horovod Elastic runs its collectives on Gloo, and Gaudi cards exchange gradients "
+     "through HCCL, which it does not support"),
+    (["hardware.hosts=[a,b]", "hardware.launcher=mpirun"], "train",
+     "needs hardware.launcher=horovodrun, not mpirun: Horovod Elastic runs on Gloo"),
+    (["hardware.hosts=[a,b]"], "eval", "is for training .*mode=eval does not train"),
+    (["hardware.num_workers=4"], "train", "on one host cannot outlive a failure.*hardware.discovery_script"),
+    (["hardware.hosts=[a,b]", "hardware.min_workers=3"], "train", "min_workers=3 is more than the 2 worker"),
+    (["hardware.hosts=[a:2,b:2]", "hardware.max_workers=3"], "train", "max_workers=3 is less than the 4 worker"),
+    (["hardware.hosts=[a,b]", "hardware.discovery_script=/bin/true"], "train", "both say where the workers run"),
+    (["hardware.discovery_script=/nonexistent/hosts.sh"], "train", "is not an executable file"),
+])
+def test_what_horovod_elastic_cannot_run_is_refused_in_one_line(overrides, mode, message):
+    cfg = hardware("hardware.elastic=true", *overrides)
+    if message is None:
+        check_mode_workers(mode, cfg)
+        return
+    with pytest.raises(ConfigError, match=message) as error:
+        check_mode_workers(mode, cfg)
+    assert "\n" not in str(error.value)
+
+
+def test_an_elastic_job_is_refused_in_a_fixed_group_an_outside_launcher_started(monkeypatch):
+    monkeypatch.setenv("HOROVOD_RANK", "0")
+    with pytest.raises(ConfigError, match="started as a worker of a fixed group"):
+        check_mode_workers("train", hardware("hardware.elastic=true", "hardware.hosts=[a,b]"))
+    monkeypatch.setenv("HOROVOD_ELASTIC", "1")  # horovodrun's elastic mode started it: this is the job's worker
+    check_mode_workers("train", hardware("hardware.elastic=true", "hardware.hosts=[a,b]"))
+
+
+def test_an_elastic_gaudi_job_is_refused_before_it_looks_for_habanas_bridge(tmp_path):
+    result = run_cli("hardware=hls1", "hardware.elastic=true", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: hardware.elastic=true cannot run on hardware=hls1: Horovod Elastic runs its collectives on Gloo, "
+        "and Gaudi cards exchange gradients through HCCL, which it does not support"]

@@ -1,4 +1,5 @@
 """What runs around the training loop, as hooks: their order, boundaries, stop requests, evaluation, clean-up."""
+import json
 import os
 import signal
 import time
@@ -169,3 +170,40 @@ def test_the_history_closes_its_tensorboard_writer_and_keeps_only_its_last_entri
     assert closed == [True]
     assert [entry["step"] for entry in history.entries] == [4, 5, 6]
     assert [entry["step"] for entry in read_history(str(tmp_path / "train_history.jsonl"))] == [1, 2, 3, 4, 5, 6]
+
+
+def test_after_an_elastic_reset_the_history_drops_the_steps_trained_again_and_a_new_rank_0_takes_it_over(
+        tmp_path, closed_writers):
+    """Rank 0 dies after step 6; the others go back to the commit of step 4 and another worker becomes rank 0:
+    the history file keeps every step once, and the new rank 0 writes it and TensorBoard from then on."""
+    from effdet.train.hooks import History, read_history
+
+    trainer, _ = make_trainer(tmp_path, total_steps=8, make_model=tiny_detector)
+    losses = {"total_loss": 1.0, "finite": 1.0}
+    lost, survivor = History(str(tmp_path)), History(str(tmp_path))
+    for history, rank in ((lost, 0), (survivor, 1)):  # survivor: another worker, which writes nothing
+        trainer.workers.rank = rank
+        history.before_fit(trainer)
+    for step in range(1, 7):
+        for history, rank in ((lost, 0), (survivor, 1)):
+            trainer.workers.rank = rank
+            history.after_loop(trainer, step, losses)
+    assert len(closed_writers) == 0
+    trainer.workers.rank = 0
+    survivor.after_reset(trainer, 4)
+    assert [entry["step"] for entry in read_history(str(tmp_path / "train_history.jsonl"))] == [1, 2, 3, 4]
+    for step in (5, 6, 7, 8):
+        survivor.after_loop(trainer, step, losses)
+    survivor.after_fit(trainer, "done")
+    lines = (tmp_path / "train_history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 9))
+    assert [entry["step"] for entry in survivor.entries] == list(range(1, 9))
+    assert closed_writers == [True] and len(os.listdir(tmp_path / "tensorboard")) == 2  # its own events file
+
+
+def test_after_an_elastic_reset_the_evaluations_of_weights_trained_again_are_forgotten(tmp_path):
+    trainer, _ = make_trainer(tmp_path, total_steps=8, make_model=tiny_detector)
+    evaluation = Evaluation(lambda step: {"AP": step}, every_n_steps=2)
+    evaluation.results = {2: {"AP": 2}, 4: {"AP": 4}, 6: {"AP": 6}}
+    evaluation.after_reset(trainer, 4)
+    assert sorted(evaluation.results) == [2, 4] and evaluation.last == {"AP": 4}

@@ -115,6 +115,22 @@ class TwinWorkers:
         self.sums += 1
         return 2 * value
 
+    def size_tensor(self):
+        return tf.constant(float(self.size))
+
+
+class ElasticTwins:
+    """An elastic group of workers holding the same batch, whose number changes under a traced step."""
+
+    def __init__(self):
+        self.count = tf.Variable(2.0)
+
+    def sum(self, value):
+        return self.count * value
+
+    def size_tensor(self):
+        return tf.identity(self.count)
+
 
 def test_each_worker_loss_is_normalized_by_the_global_batch_with_one_collective():
     class_outputs, box_outputs, targets = labeled_batch(seed=4)
@@ -127,6 +143,23 @@ def test_each_worker_loss_is_normalized_by_the_global_batch_with_one_collective(
     for key in ("class_loss", "box_loss", "det_loss"):
         np.testing.assert_allclose(float(mine[key]), float(global_batch[key]), rtol=1e-5, err_msg=key)
     assert twins.sums == 1  # the positive count; the worker count is known without asking the others
+
+
+def test_the_loss_reads_the_number_of_workers_when_it_runs_not_when_it_is_traced():
+    """An elastic job's step is traced once and runs on however many workers there are (effdet/train/elastic.py):
+    traced with two, run with three, the loss is still the one of the three workers' global batch."""
+    class_outputs, box_outputs, targets = labeled_batch(seed=4)
+    workers = ElasticTwins()
+    loss = tf.function(DetectionLoss(NUM_CLASSES, 3, 5, workers=workers, jit_compile=False).__call__)
+    for count in (2, 3):
+        workers.count.assign(float(count))
+        mine = loss((class_outputs, box_outputs), targets)
+        copies = [tf.concat([t] * count, 0) for t in class_outputs], [tf.concat([t] * count, 0) for t in box_outputs]
+        global_batch = DetectionLoss(NUM_CLASSES, 3, 5, jit_compile=False)(
+            copies, {k: tf.concat([v] * count, 0) for k, v in targets.items()})
+        for key in ("class_loss", "box_loss", "det_loss"):
+            np.testing.assert_allclose(float(mine[key]), float(global_batch[key]), rtol=1e-5, err_msg=key)
+    assert loss.experimental_get_tracing_count() == 1
 
 
 def test_swish_gradient_equals_silus():

@@ -209,3 +209,25 @@ def test_sgd_does_not_clip_large_gradients():
     optimizer.apply_gradients([(tf.constant([1000.0, -500.0]), weights)])
     # first step with momentum: velocity = -lr * g, so the update is exactly -lr * g
     np.testing.assert_allclose(weights.numpy(), [-100.0, 50.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_an_elastic_jobs_learning_rate_follows_the_global_batch_of_the_workers_there_are(optimizer):
+    """Planned for 3 workers of 8 images, then run by 2: the rate of every step is the one of a job planned with a
+    global batch of 16 (the same linear rule), on the same steps, and a traced step reads it without tracing."""
+    from effdet.train.builder import build_optimization
+    from tests.conftest import compose
+
+    optimizer_cfg = compose([f"optimizer={optimizer}"]).optimizer
+    schedule, built = build_optimization(optimizer_cfg, 24, 50, 1000, False, elastic_workers=3)
+    planned, _ = build_optimization(optimizer_cfg, 24, 50, 1000, False)
+    smaller, _ = build_optimization(optimizer_cfg, 16, 50, 1000, False)
+    assert built._learning_rate is schedule  # the optimizer steps with the scaled rate
+    rate = tf.function(lambda step: schedule(step))
+    steps = [0, 10, 60, 500, 999]
+    for step in steps:
+        assert float(rate(tf.constant(step, tf.int64))) == pytest.approx(lr(planned, step), rel=1e-6)
+    schedule.set_workers(2)
+    for step in steps:
+        assert float(rate(tf.constant(step, tf.int64))) == pytest.approx(lr(smaller, step), rel=1e-6, abs=1e-12)
+    assert rate.experimental_get_tracing_count() == 1

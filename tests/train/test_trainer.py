@@ -57,7 +57,7 @@ def tiny_detector(seed=0):
 
 def make_trainer(tmp_path, total_steps=20, lr=0.005, on_nonfinite="stop", seed=0, checkpoint_every=1000,
                  loss_fn=None, loss_scaling=False, xla=False, make_model=None, corrupt=None, steps_per_loop=5,
-                 workers=None):
+                 workers=None, track_position=False):
     model = (make_model or tiny_model)(seed)
     labeler = AnchorLabeler((SIZE, SIZE), 3, 5, 3, [1.0, 2.0, 0.5], 4.0)
     schedule = build_schedule("cosine", base_lr=lr, warmup_init=lr, warmup_steps=0, total_steps=total_steps)
@@ -70,9 +70,11 @@ def make_trainer(tmp_path, total_steps=20, lr=0.005, on_nonfinite="stop", seed=0
                              progress_bar=False, steps_per_loop=steps_per_loop, loss_scaling=loss_scaling, xla=xla)
     loss_fn = loss_fn or DetectionLoss(3, 3, 5, jit_compile=False)
     trainer = Trainer(model, loss_fn, optimizer, ema, workers or Workers(), str(tmp_path),
-                      settings, learning_rate=schedule, corrupt=corrupt)
+                      settings, learning_rate=schedule, corrupt=corrupt, track_position=track_position)
     trainer.restore_or_start()
     data = FakeInput(labeler, 3, seed=seed)
+    if track_position:  # an elastic job's input: one order, from the place the last step ended at
+        return trainer, lambda step: data.train_stream(2, position=int(trainer.position))
     return trainer, lambda step: data.train(2)
 
 
@@ -201,3 +203,23 @@ def test_xla_compiled_steps_train_like_the_plain_ones(tmp_path):
         runs.append([entry["total_loss"] for entry in fit(trainer, data)[1]])
     np.testing.assert_allclose(runs[1], runs[0], rtol=1e-3)
     assert runs[1][-1] < runs[1][0]
+
+
+def test_an_elastic_trainer_keeps_the_input_place_after_its_last_step_and_resumes_there(tmp_path, caplog):
+    """With track_position (hardware.elastic), the trainer holds the place in the input's order after the last
+    example trained, in its checkpoints too; a checkpoint of a job that was not elastic goes on from the start
+    of the epoch its step had reached."""
+    from effdet.data.pipeline import POSITIONS_PER_EPOCH
+
+    first, data = make_trainer(tmp_path / "elastic", total_steps=6, make_model=tiny_detector, checkpoint_every=6,
+                               track_position=True)
+    fit(first, data)
+    assert int(first.position) == 6 * 2  # six steps of two examples, on one worker
+    resumed, _ = make_trainer(tmp_path / "elastic", total_steps=8, make_model=tiny_detector, track_position=True)
+    assert int(resumed.step) == 6 and int(resumed.position) == 12
+    plain, data = make_trainer(tmp_path / "plain", total_steps=25, make_model=tiny_detector, checkpoint_every=25)
+    fit(plain, data)
+    caplog.set_level("WARNING")
+    elastic, _ = make_trainer(tmp_path / "plain", total_steps=30, make_model=tiny_detector, track_position=True)
+    assert int(elastic.step) == 25 and int(elastic.position) == 2 * POSITIONS_PER_EPOCH  # 10 steps an epoch
+    assert "was written without hardware.elastic: the input starts again at the beginning of epoch 2" in caplog.text
