@@ -1,9 +1,9 @@
 """Recovery of an elastic job (hardware.elastic) from a worker killed mid-run: how long from the kill to the first
 step of the smaller group, how many steps were trained again, and the speed before and after.
 
-    .venv/bin/python benchmarks/elastic.py [--workers 3] [--min_workers 2] [--kill_at 40] [--kill_rank 1]
-        [--total_steps 120] [--commit_every 10] [--model efficientdet-lite0] [--image_size 128] [--batch_size 4]
-        [--override hardware.collective_timeout=10 ...]
+    .venv/bin/python benchmarks/elastic.py [--workers 3] [--min_workers 2] [--kill_at 65] [--kill_rank 1]
+        [--total_steps 150] [--commit_every 10] [--model efficientdet-lite0] [--image_size 128] [--batch_size 4]
+        [--runs 1] [--keep DIR] [--override hardware.collective_timeout=10 ...]
 
 Runs `python run.py mode=train hardware.elastic=true` on the synthetic shapes dataset, its workers on as many of
 this machine's names (localhost, 127.0.0.1, its host name, ...), since Horovod Elastic counts each name as a host.
@@ -101,7 +101,8 @@ def run(args, run_dir: str) -> dict:
         f"hardware.hosts=[{','.join(name + ':1' for name in names)}]", f"hardware.min_workers={args.min_workers}",
         f"hydra.run.dir={run_dir}", *args.override]
     environment = {name: value for name, value in os.environ.items() if not name.startswith("HOROVOD_")}
-    log_path = os.path.join(run_dir + ".log")
+    os.makedirs(os.path.dirname(run_dir), exist_ok=True)
+    log_path = run_dir + ".log"
     with open(log_path, "w") as log:
         job = subprocess.Popen([sys.executable, os.path.join(REPO, "run.py"), *overrides], cwd=REPO, stdout=log,
                                stderr=subprocess.STDOUT, env=environment, start_new_session=True)
@@ -162,21 +163,25 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--min_workers", type=int, default=2)
-    parser.add_argument("--kill_at", type=int, default=40, help="kill once the history holds this step")
+    parser.add_argument("--kill_at", type=int, default=65, help="kill once the history holds this step")
     parser.add_argument("--kill_rank", type=int, default=1, help="the rank horovodrun started the victim as")
-    parser.add_argument("--total_steps", type=int, default=120)
+    parser.add_argument("--total_steps", type=int, default=150)
     parser.add_argument("--commit_every", type=int, default=10, help="trainer.elastic_commit_every_n_steps")
-    parser.add_argument("--warmup", type=int, default=10, help="steps left out of the speed before the kill")
+    parser.add_argument("--warmup", type=int, default=30, help="steps left out of the speed before the kill")
     parser.add_argument("--model", default="efficientdet-lite0")
     parser.add_argument("--image_size", type=int, default=128)
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--keep", help="a dir to keep each run's run dir and log in (default: removed)")
     parser.add_argument("--override", action="append", default=[], help="a Hydra override for the job")
     args = parser.parse_args()
     print(f"machine: {machine()}", flush=True)
     for index in range(args.runs):
-        with tempfile.TemporaryDirectory(prefix="elastic-") as scratch:
-            result = run(args, os.path.join(scratch, "run"))
+        if args.keep:
+            result = run(args, os.path.join(os.path.abspath(args.keep), f"run{index + 1}"))
+        else:
+            with tempfile.TemporaryDirectory(prefix="elastic-") as scratch:
+                result = run(args, os.path.join(scratch, "run"))
         speed = [f"{value:.1f}" if value else "?" for value in (result["images_per_second_before"],
                                                                result["images_per_second_after"])]
         before, after = result["workers"]

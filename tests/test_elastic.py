@@ -30,7 +30,7 @@ def job_args(tmp_path, run_dir, *more):
             "trainer.batch_size=2", "trainer.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}",
             f"trainer.total_steps={TOTAL_STEPS}", "trainer.log_every_n_steps=4", "trainer.checkpoint_every_n_steps=8",
             f"trainer.elastic_commit_every_n_steps={COMMIT_EVERY}", "eval.batch_size=2", "hardware.elastic=true",
-            "hardware.collective_timeout=10", f"hydra.run.dir={run_dir}", *more]
+            f"hydra.run.dir={run_dir}", *more]
 
 
 def start(args, log_path):

@@ -165,10 +165,10 @@ class HardwareConfig:
     # of hosts, when hosts may be added or taken away
     discovery_script: Optional[str] = None
     elastic_timeout: int = positive(600)  # seconds to wait for min_workers after workers were lost
-    # seconds a collective waits for a peer before it fails (horovodrun --gloo-timeout-seconds); null: Horovod's
-    # 30. A worker's loss reaches the others through a closed connection at once, or, for a worker then waiting
-    # on another survivor, through this
-    collective_timeout: Optional[int] = positive(None)
+    # an elastic job's horovodrun --gloo-timeout-seconds (Horovod's own is 30): how long a transfer waits for a
+    # peer. A worker's loss reaches the others through a closed connection, or, for one then waiting on another
+    # survivor, only through this (docs/distributed.md)
+    collective_timeout: int = positive(10)
     # horovodrun --network-interface (e.g. eth0); null: Horovod finds one (lo when every host is this machine)
     network_interface: Optional[str] = None
 

@@ -173,10 +173,9 @@ def plan_launch(hardware_cfg: Any, run_dir: str, overrides: Sequence[str], pytho
                 where = ["--host-discovery-script", os.path.abspath(hardware_cfg.discovery_script)]
             where = bounds + where + ["--elastic-timeout", str(hardware_cfg.elastic_timeout)]
         interface = network_interface(hardware_cfg, hosts)
-        timeout = hardware_cfg.collective_timeout
+        timeout = ["--gloo-timeout-seconds", str(hardware_cfg.collective_timeout)] if hardware_cfg.elastic else []
         launch.command = (["horovodrun", "-np", str(count), *where, "--gloo"]
-                          + (["--network-interface", interface] if interface else [])
-                          + (["--gloo-timeout-seconds", str(timeout)] if timeout else [])
+                          + (["--network-interface", interface] if interface else []) + timeout
                           + list(hardware_cfg.launcher_args) + command)
     else:
         raise ConfigError(f"hardware.launcher={hardware_cfg.launcher} cannot start {count} workers: choose "

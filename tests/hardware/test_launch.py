@@ -205,7 +205,7 @@ def test_an_elastic_job_is_started_by_horovodrun_in_elastic_mode_without_horovod
     launch = plan("hardware.elastic=true", "hardware.hosts=[node1:2,node2:2]", "hardware.min_workers=2",
                   "hardware.max_workers=6")
     assert launch.command == ["horovodrun", "-np", "4", "--min-np", "2", "--max-np", "6", "-H", "node1:2,node2:2",
-                              "--elastic-timeout", "600", "--gloo"] + worker_part()
+                              "--elastic-timeout", "600", "--gloo", "--gloo-timeout-seconds", "10"] + worker_part()
     assert launch.env == {"HOROVOD_CYCLE_TIME": "20", "HOROVOD_CACHE_CAPACITY": "0"}
     kept = plan("hardware.elastic=true", "hardware.hosts=[node1,node2]", env={"HOROVOD_CACHE_CAPACITY": "64"})
     assert "HOROVOD_CACHE_CAPACITY" not in kept.env  # the user's own value stays
@@ -222,8 +222,9 @@ def test_an_elastic_job_on_this_machines_names_talks_over_the_loopback_and_a_dis
     script.chmod(0o755)
     launch = plan("hardware.elastic=true", f"hardware.discovery_script={script}", "hardware.num_workers=4",
                   "hardware.network_interface=eth0", "hardware.elastic_timeout=60")
-    assert launch.command[:12] == ["horovodrun", "-np", "4", "--min-np", "1", "--host-discovery-script", str(script),
-                                   "--elastic-timeout", "60", "--gloo", "--network-interface", "eth0"]
+    assert launch.command[:14] == ["horovodrun", "-np", "4", "--min-np", "1", "--host-discovery-script", str(script),
+                                   "--elastic-timeout", "60", "--gloo", "--network-interface", "eth0",
+                                   "--gloo-timeout-seconds", "10"]
     assert needs_launch(hardware("hardware.elastic=true", f"hardware.discovery_script={script}"))  # even one worker
 
 
