@@ -33,6 +33,9 @@ from typing import Dict, List, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import cpu_description  # noqa: E402  (benchmarks/machine.py)
+
 RESET = re.compile(r"workers changed from (\d+) to (\d+) at step (\d+) .* from the last commit, step (\d+)")
 
 
@@ -144,21 +147,6 @@ def run(args, run_dir: str) -> dict:
     }
 
 
-def machine() -> str:
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = [flag for flag in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile") if flag in flags]
-    return f"{model}; {len(os.sched_getaffinity(0))} cores; {', '.join(shown) or 'no AVX2'}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=3)
@@ -175,7 +163,7 @@ def main():
     parser.add_argument("--keep", help="a dir to keep each run's run dir and log in (default: removed)")
     parser.add_argument("--override", action="append", default=[], help="a Hydra override for the job")
     args = parser.parse_args()
-    print(f"machine: {machine()}", flush=True)
+    print(f"machine: {cpu_description(('avx2', 'avx512f', 'avx512_bf16', 'avx512_vnni', 'amx_tile'))}", flush=True)
     for index in range(args.runs):
         if args.keep:
             result = run(args, os.path.join(os.path.abspath(args.keep), f"run{index + 1}"))

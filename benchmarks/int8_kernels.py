@@ -19,22 +19,14 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import machine  # noqa: E402  (benchmarks/machine.py)
+
 INT8_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512vnni", "avx_vnni", "amx_int8")
 
 
 def cpu_description() -> str:
-    model, flags = "unknown CPU", set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name") and model == "unknown CPU":
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    present = [flag for flag in INT8_FLAGS if flag in flags]
-    return f"{model}; {len(os.sched_getaffinity(0))} cores; int8-relevant flags: {', '.join(present) or 'none'}"
+    return machine.cpu_description(INT8_FLAGS, "int8-relevant flags")
 
 
 def stack(kind: str):
