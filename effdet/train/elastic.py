@@ -117,7 +117,6 @@ class ElasticTraining:
         self.hooks = hooks
 
         def body(_state):
-            trainer.adapt_to_workers()
             try:
                 return trainer.finish(dataset_at, hooks)
             except tf.errors.OpError as error:
@@ -131,6 +130,7 @@ class ElasticTraining:
             self.hvd.init()  # returns once Horovod's driver has formed the new group
             self.waited = time.perf_counter() - started
 
+        trainer.adapt_to_workers()  # the workers there are at the start; after each change, _after_reset
         return run_fn(body, reset)(self.state)
 
     def _after_reset(self) -> None:

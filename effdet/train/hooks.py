@@ -124,7 +124,7 @@ class History(Hook):
             self.before_fit(trainer)
         if not trainer.workers.is_chief:
             return
-        kept = [line for line in _lines(self.path) if _step_of(line) is not None and _step_of(line) <= step]
+        kept = [line for line in _lines(self.path) if (line_step := _step_of(line)) is not None and line_step <= step]
         with open(self.path + ".tmp", "w") as handle:
             handle.writelines(kept)
         os.replace(self.path + ".tmp", self.path)
